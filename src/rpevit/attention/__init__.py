@@ -1,0 +1,28 @@
+"""Attention: pure functional kernels, kernel modules, and the composed attention module."""
+
+from rpevit.attention.functional import (
+    favor_attention,
+    favor_features,
+    linear_attention,
+    orthogonal_gaussian_projection,
+    relu_features,
+    softmax_attention,
+)
+from rpevit.attention.kernels import AttentionKernel, FavorKernel, ReluKernel, SoftmaxKernel
+from rpevit.attention.module import Attention
+from rpevit.attention.toeplitz import rpe_linear_attention
+
+__all__ = [
+    "Attention",
+    "AttentionKernel",
+    "FavorKernel",
+    "ReluKernel",
+    "SoftmaxKernel",
+    "favor_attention",
+    "favor_features",
+    "linear_attention",
+    "orthogonal_gaussian_projection",
+    "relu_features",
+    "rpe_linear_attention",
+    "softmax_attention",
+]

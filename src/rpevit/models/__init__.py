@@ -1,0 +1,5 @@
+"""Model backbones."""
+
+from rpevit.models.vit import ViTConfig, VisionTransformer
+
+__all__ = ["ViTConfig", "VisionTransformer"]

@@ -1,0 +1,144 @@
+"""Model registry: ``<kernel>-<position>`` names mapped to constructors.
+
+Adding a kernel or a position encoding is one class plus one line in ``KERNELS``/``POSITIONS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from rpevit.attention.kernels import AttentionKernel, FavorKernel, ReluKernel, SoftmaxKernel
+from rpevit.models.vit import ViTConfig, VisionTransformer
+from rpevit.positions import AbsoluteOnly, CirculantString, KernelizedRPE, PositionEncoding, Rope2D
+
+#: kernel name -> (constructor(head_dim, **options), options it accepts)
+KERNELS: dict[str, tuple[Callable[..., AttentionKernel], tuple[str, ...]]] = {
+    "softmax": (lambda head_dim: SoftmaxKernel(), ()),
+    "favor": (FavorKernel, ("nb_features", "redraw_interval", "rpe_method")),
+    "relu": (ReluKernel, ("nb_features", "feature_projection", "rpe_method")),
+}
+
+#: position name -> (constructor(config, **options), options it accepts)
+POSITIONS: dict[str, tuple[Callable[..., PositionEncoding], tuple[str, ...]]] = {
+    "ape": (lambda config: AbsoluteOnly(), ()),
+    "rpe": (lambda config: KernelizedRPE(config.heads, config.grid_size), ()),
+    "string": (
+        lambda config, string_base=100.0: CirculantString(config.head_dim, config.heads, string_base),
+        ("string_base",),
+    ),
+    "rope": (
+        lambda config, rope_mode="axial", rope_base=100.0: Rope2D(
+            config.head_dim, config.heads, rope_mode, rope_base
+        ),
+        ("rope_mode", "rope_base"),
+    ),
+}
+
+#: Options of the backbone itself (``ViTConfig`` fields beyond the required sizes).
+BACKBONE_OPTIONS = ("pool", "ape", "qk_norm", "dropout", "emb_dropout")
+
+
+def list_available_models() -> list[str]:
+    """All registered model names, ``<kernel>-<position>``."""
+    return [f"{kernel}-{position}" for kernel in KERNELS for position in POSITIONS]
+
+
+def parse_model_name(name: str) -> tuple[str, str]:
+    """Split ``<kernel>-<position>``; ValueError naming the valid choices otherwise."""
+    kernel, _, position = name.partition("-")
+    if kernel not in KERNELS or position not in POSITIONS:
+        raise ValueError(
+            f"unknown model {name!r}; available models: {', '.join(list_available_models())}"
+        )
+    return kernel, position
+
+
+def _to_pair(size: int | tuple[int, int] | list[int], what: str) -> tuple[int, int]:
+    pair = (size, size) if isinstance(size, int) else tuple(size)
+    if len(pair) != 2 or any(not isinstance(s, int) or s < 1 for s in pair):
+        raise ValueError(f"{what} must be a positive int or (height, width), got {size!r}")
+    return pair  # type: ignore[return-value]
+
+
+def build_config(
+    *,
+    image_size: int | tuple[int, int],
+    in_chans: int,
+    num_classes: int,
+    patch_size: int,
+    dim: int,
+    depth: int,
+    heads: int,
+    mlp_dim: int,
+    **backbone: Any,
+) -> ViTConfig:
+    """Validated ``ViTConfig``; impossible sizes raise ValueError saying what to change."""
+    image_size = _to_pair(image_size, "image_size")
+    for key, value in dict(in_chans=in_chans, num_classes=num_classes, patch_size=patch_size,
+                           dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim).items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key} must be a positive integer, got {value!r}")
+    if image_size[0] % patch_size or image_size[1] % patch_size:
+        raise ValueError(
+            f"image size {image_size[0]}x{image_size[1]} is not divisible by patch size "
+            f"{patch_size}; choose a patch size that divides both sides"
+        )
+    if dim % heads:
+        raise ValueError(f"dim {dim} is not divisible by heads {heads}; choose dim = heads * k")
+    if backbone.get("pool", "cls") not in ("cls", "mean"):
+        raise ValueError(f"pool must be 'cls' or 'mean', got {backbone['pool']!r}")
+    for key in ("dropout", "emb_dropout"):
+        if not 0.0 <= backbone.get(key, 0.0) < 1.0:
+            raise ValueError(f"{key} must be in [0, 1), got {backbone[key]!r}")
+    return ViTConfig(image_size, patch_size, in_chans, num_classes, dim, depth, heads, mlp_dim,
+                     **backbone)
+
+
+def create_model(
+    name: str,
+    *,
+    image_size: int | tuple[int, int],
+    in_chans: int,
+    num_classes: int,
+    patch_size: int,
+    dim: int,
+    depth: int,
+    heads: int,
+    mlp_dim: int,
+    **options: Any,
+) -> nn.Module:
+    """Build a registered ViT variant, e.g. ``create_model("favor-rope", image_size=28, ...)``.
+
+    Options: backbone ``pool`` ("cls"/"mean"), ``ape`` (bool), ``qk_norm``, ``dropout``,
+    ``emb_dropout``; kernel ``nb_features``, ``redraw_interval``, ``feature_projection``,
+    ``rpe_method``; position ``rope_mode`` ("axial"/"mixed"), ``rope_base``, ``string_base``.
+    Options that do not apply to the chosen kernel/position are rejected.
+    """
+    kernel_name, position_name = parse_model_name(name)
+    make_kernel, kernel_keys = KERNELS[kernel_name]
+    make_position, position_keys = POSITIONS[position_name]
+    unknown = set(options) - set(BACKBONE_OPTIONS) - set(kernel_keys) - set(position_keys)
+    if unknown:
+        valid = sorted(set(BACKBONE_OPTIONS) | set(kernel_keys) | set(position_keys))
+        raise ValueError(
+            f"option(s) {', '.join(sorted(unknown))} do not apply to model {name!r}; "
+            f"valid options: {', '.join(valid)}"
+        )
+    config = build_config(
+        image_size=image_size, in_chans=in_chans, num_classes=num_classes,
+        patch_size=patch_size, dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim,
+        **{k: v for k, v in options.items() if k in BACKBONE_OPTIONS},
+    )
+    kernel_opts = {k: v for k, v in options.items() if k in kernel_keys and v is not None}
+    position_opts = {k: v for k, v in options.items() if k in position_keys and v is not None}
+    model = VisionTransformer(
+        config,
+        lambda: make_kernel(config.head_dim, **kernel_opts),
+        lambda: make_position(config, **position_opts),
+    )
+    model.model_name = name
+    model.model_options = dict(options)
+    return model
