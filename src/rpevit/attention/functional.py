@@ -46,21 +46,24 @@ def orthogonal_gaussian_projection(
     return (rows * norms.unsqueeze(1)).to(dtype)
 
 
-def favor_features(x: Tensor, projection: Tensor, *, is_query: bool) -> Tensor:
+def favor_features(
+    x: Tensor, projection: Tensor, *, is_query: bool, stabilise: bool = True
+) -> Tensor:
     """Positive random features ``phi(x) = m^-1/2 exp(W x' - |x'|^2/2 - s)``, ``x' = x d^-1/4``.
 
     ``s`` is a detached max of the exponent (per token for queries, per (batch, head) for keys);
-    it cancels in the attention ratio and keeps ``exp`` in range. Computed in float32 (or
-    float64 if given) regardless of autocast.
+    it cancels in the attention ratio and keeps ``exp`` in range (``stabilise=False`` gives the
+    raw unbiased features, for tests). Computed in float32 (float64 if given) under autocast.
     """
     compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     with torch.autocast(device_type=x.device.type, enabled=False):
         x = x.to(compute_dtype) * x.shape[-1] ** -0.25
         w = projection.to(device=x.device, dtype=compute_dtype)
         exponent = x @ w.T - 0.5 * (x * x).sum(dim=-1, keepdim=True)
-        dims = (-1,) if is_query else (-2, -1)
-        stabiliser = exponent.detach().amax(dim=dims, keepdim=True)
-        return torch.exp(exponent - stabiliser) * projection.shape[0] ** -0.5
+        if stabilise:
+            dims = (-1,) if is_query else (-2, -1)
+            exponent = exponent - exponent.detach().amax(dim=dims, keepdim=True)
+        return torch.exp(exponent) * projection.shape[0] ** -0.5
 
 
 def relu_features(x: Tensor, projection: Tensor | None = None, eps: float = 1e-3) -> Tensor:

@@ -1,0 +1,171 @@
+"""Mathematics of the attention kernels (DESIGN.md section 3)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rpevit.attention import (
+    FavorKernel,
+    favor_attention,
+    favor_features,
+    linear_attention,
+    orthogonal_gaussian_projection,
+    relu_features,
+    softmax_attention,
+)
+from rpevit.positions import TokenGrid
+
+
+def _qkv(b=2, h=2, n=16, d=8, scale=1.0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(1)
+    return [torch.randn(b, h, n, d, generator=g, dtype=dtype) * scale for _ in range(3)]
+
+
+def _dense_softmax(q, k, v):
+    return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1) @ v
+
+
+def test_softmax_attention_matches_dense_formula_with_bias():
+    q, k, v = _qkv()
+    bias = torch.randn(1, 2, 16, 16, dtype=torch.float64)
+    expected = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(8) + bias, dim=-1) @ v
+    torch.testing.assert_close(softmax_attention(q, k, v, bias), expected)
+
+
+def test_projection_blocks_are_orthogonal_with_chi_norms():
+    d, m = 16, 48
+    w = orthogonal_gaussian_projection(m, d, generator=torch.Generator().manual_seed(0),
+                                       dtype=torch.float64)
+    assert w.shape == (m, d)
+    for block in w.split(d):
+        directions = block / block.norm(dim=1, keepdim=True)
+        torch.testing.assert_close(directions @ directions.T, torch.eye(d, dtype=torch.float64))
+    # Row norms follow chi_d: mean sqrt(2) Gamma((d+1)/2) / Gamma(d/2) ~ 3.94 for d = 16.
+    norms = orthogonal_gaussian_projection(4096, d, dtype=torch.float64).norm(dim=1)
+    chi_mean = math.sqrt(2) * math.exp(math.lgamma((d + 1) / 2) - math.lgamma(d / 2))
+    assert abs(norms.mean().item() - chi_mean) < 0.05
+    # Different blocks are independent (not all the same rotation).
+    assert not torch.allclose(w[:d], w[d : 2 * d])
+
+
+def test_favor_features_positive_and_finite_even_for_large_norms():
+    q, k, _ = _qkv(scale=30.0, dtype=torch.float32)
+    w = orthogonal_gaussian_projection(64, 8)
+    for x, is_query in ((q, True), (k, False)):
+        f = favor_features(x, w, is_query=is_query)
+        assert torch.isfinite(f).all() and (f >= 0).all()
+        assert (f.amax(dim=-1) > 0).all() if is_query else (f.amax() > 0)
+    out = favor_attention(q, k, q, w)
+    assert torch.isfinite(out).all()
+
+
+def test_favor_kernel_estimate_is_unbiased():
+    d = 8
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(d, generator=g, dtype=torch.float64) * 0.6
+    k = torch.randn(d, generator=g, dtype=torch.float64) * 0.6
+    exact = math.exp(float(q @ k) / math.sqrt(d))
+    estimates = []
+    for i in range(400):
+        w = orthogonal_gaussian_projection(d, d, generator=torch.Generator().manual_seed(100 + i),
+                                           dtype=torch.float64)
+        phi_q = favor_features(q[None], w, is_query=True, stabilise=False)
+        phi_k = favor_features(k[None], w, is_query=False, stabilise=False)
+        estimates.append(float((phi_q * phi_k).sum()))
+    estimates = torch.tensor(estimates)
+    stderr = estimates.std() / math.sqrt(len(estimates))
+    assert abs(estimates.mean() - exact) < 4 * stderr + 1e-3
+    assert stderr < 0.05 * exact  # the check has power: the standard error is small
+
+
+def test_stabiliser_cancels_in_attention():
+    q, k, v = _qkv(scale=0.7)
+    w = orthogonal_gaussian_projection(32, 8, dtype=torch.float64)
+    raw = linear_attention(
+        favor_features(q, w, is_query=True, stabilise=False),
+        favor_features(k, w, is_query=False, stabilise=False), v,
+    )
+    torch.testing.assert_close(favor_attention(q, k, v, w), raw)
+
+
+def test_favor_error_shrinks_with_nb_features():
+    q, k, v = _qkv(b=1, h=4, n=64, d=16, scale=0.5)
+    exact = _dense_softmax(q, k, v)
+    errors = []
+    for m in (16, 64, 256, 1024):
+        trial = []
+        for seed in range(4):
+            w = orthogonal_gaussian_projection(
+                m, 16, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+            out = favor_attention(q, k, v, w)
+            trial.append(((out - exact).norm() / exact.norm()).item())
+        errors.append(sum(trial) / len(trial))
+    assert all(a > b for a, b in zip(errors, errors[1:])), errors
+    # Monte-Carlo rate: 64x more features should cut the error by roughly 8x (allow 4x).
+    assert errors[0] / errors[-1] > 4, errors
+    assert errors[-1] < 0.1
+
+
+def test_linear_attention_equals_dense_normalised_form():
+    q, k, v = _qkv()
+    qf, kf = relu_features(q), relu_features(k)
+    scores = qf @ kf.transpose(-1, -2)
+    expected = scores @ v / scores.sum(-1, keepdim=True)
+    torch.testing.assert_close(linear_attention(qf, kf, v), expected)
+
+
+def test_relu_features_identity_and_learned_projection():
+    x = torch.tensor([[1.0, -2.0, 0.5, 0.0]], dtype=torch.float64)
+    scale = 4**-0.25
+    torch.testing.assert_close(relu_features(x), torch.relu(x * scale) + 1e-3)
+    p = torch.randn(6, 4, dtype=torch.float64)
+    torch.testing.assert_close(relu_features(x, p), torch.relu(x * scale @ p.T) + 1e-3)
+
+
+def test_redraw_only_in_training_at_interval_and_eval_is_deterministic():
+    kernel = FavorKernel(head_dim=8, nb_features=16, redraw_interval=3)
+    grid = TokenGrid(2, 2, num_prefix=0)
+    q, k, v = _qkv(b=1, h=1, n=4, d=8, dtype=torch.float32)
+    seen = [kernel.projection.clone()]
+    for _ in range(7):
+        kernel(q, k, v, None, grid)
+        seen.append(kernel.projection.clone())
+    changed = [not torch.equal(a, b) for a, b in zip(seen, seen[1:])]
+    # Redraws happen at the start of forward passes 3 and 6 (0-based): steps 3 and 6.
+    assert changed == [False, False, False, True, False, False, True]
+    assert int(kernel.steps) == 7
+    kernel.eval()
+    before = kernel.projection.clone()
+    outs = [kernel(q, k, v, None, grid) for _ in range(5)]
+    assert torch.equal(kernel.projection, before) and int(kernel.steps) == 7
+    assert all(torch.equal(outs[0], o) for o in outs)
+
+
+def test_redraws_are_reproducible_from_state():
+    a = FavorKernel(head_dim=8, nb_features=16, redraw_interval=2)
+    b = FavorKernel(head_dim=8, nb_features=16, redraw_interval=2)
+    b.load_state_dict(a.state_dict())
+    grid = TokenGrid(2, 2, num_prefix=0)
+    q, k, v = _qkv(b=1, h=1, n=4, d=8, dtype=torch.float32)
+    for _ in range(5):
+        a(q, k, v, None, grid)
+        b(q, k, v, None, grid)
+    assert torch.equal(a.projection, b.projection)
+
+
+def test_redraw_interval_zero_never_redraws():
+    kernel = FavorKernel(head_dim=8, nb_features=16, redraw_interval=0)
+    before = kernel.projection.clone()
+    q, k, v = _qkv(b=1, h=1, n=4, d=8, dtype=torch.float32)
+    for _ in range(5):
+        kernel(q, k, v, None, TokenGrid(2, 2, num_prefix=0))
+    assert torch.equal(before, kernel.projection)
+
+
+@pytest.mark.parametrize("bad", [dict(nb_features=0), dict(redraw_interval=-1)])
+def test_favor_kernel_rejects_bad_hyperparameters(bad):
+    with pytest.raises(ValueError, match="must be"):
+        FavorKernel(head_dim=8, **bad)
