@@ -37,8 +37,9 @@ def test_softmax_attention_matches_dense_formula_with_bias():
 
 def test_projection_blocks_are_orthogonal_with_chi_norms():
     d, m = 16, 48
-    w = orthogonal_gaussian_projection(m, d, generator=torch.Generator().manual_seed(0),
-                                       dtype=torch.float64)
+    w = orthogonal_gaussian_projection(
+        m, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
     assert w.shape == (m, d)
     for block in w.split(d):
         directions = block / block.norm(dim=1, keepdim=True)
@@ -70,8 +71,9 @@ def test_favor_kernel_estimate_is_unbiased():
     exact = math.exp(float(q @ k) / math.sqrt(d))
     estimates = []
     for i in range(400):
-        w = orthogonal_gaussian_projection(d, d, generator=torch.Generator().manual_seed(100 + i),
-                                           dtype=torch.float64)
+        w = orthogonal_gaussian_projection(
+            d, d, generator=torch.Generator().manual_seed(100 + i), dtype=torch.float64
+        )
         phi_q = favor_features(q[None], w, is_query=True, stabilise=False)
         phi_k = favor_features(k[None], w, is_query=False, stabilise=False)
         estimates.append(float((phi_q * phi_k).sum()))
@@ -86,7 +88,8 @@ def test_stabiliser_cancels_in_attention():
     w = orthogonal_gaussian_projection(32, 8, dtype=torch.float64)
     raw = linear_attention(
         favor_features(q, w, is_query=True, stabilise=False),
-        favor_features(k, w, is_query=False, stabilise=False), v,
+        favor_features(k, w, is_query=False, stabilise=False),
+        v,
     )
     torch.testing.assert_close(favor_attention(q, k, v, w), raw)
 
@@ -99,11 +102,12 @@ def test_favor_error_shrinks_with_nb_features():
         trial = []
         for seed in range(4):
             w = orthogonal_gaussian_projection(
-                m, 16, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+                m, 16, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+            )
             out = favor_attention(q, k, v, w)
             trial.append(((out - exact).norm() / exact.norm()).item())
         errors.append(sum(trial) / len(trial))
-    assert all(a > b for a, b in zip(errors, errors[1:])), errors
+    assert all(a > b for a, b in zip(errors, errors[1:], strict=False)), errors
     # Monte-Carlo rate: 64x more features should cut the error by roughly 8x (allow 4x).
     assert errors[0] / errors[-1] > 4, errors
     assert errors[-1] < 0.1
@@ -133,7 +137,7 @@ def test_redraw_only_in_training_at_interval_and_eval_is_deterministic():
     for _ in range(7):
         kernel(q, k, v, None, grid)
         seen.append(kernel.projection.clone())
-    changed = [not torch.equal(a, b) for a, b in zip(seen, seen[1:])]
+    changed = [not torch.equal(a, b) for a, b in zip(seen, seen[1:], strict=False)]
     # Redraws happen at the start of forward passes 3 and 6 (0-based): steps 3 and 6.
     assert changed == [False, False, False, True, False, False, True]
     assert int(kernel.steps) == 7

@@ -57,7 +57,7 @@ def test_rpe_linear_attention_equals_dense_reference(height, width, prefix, feat
 def test_rpe_fft_chunked_with_recomputation_matches_and_backpropagates(monkeypatch):
     import rpevit.attention.toeplitz as toeplitz
 
-    heads, d, m, height, width = 2, 4, 9, 4, 6
+    heads, d, height, width = 2, 4, 4, 6
     q, k, v = (torch.randn(1, heads, 1 + height * width, d, dtype=F64) for _ in range(3))
     log_c = torch.randn(heads, 2 * height - 1, 2 * width - 1, dtype=F64, requires_grad=True)
     qf, kf = relu_features(q), relu_features(k)
@@ -105,11 +105,13 @@ def test_string_rotation_is_orthogonal_relative_and_equals_matrix_exp():
     module = _string_module(d)
     basis = torch.eye(d, dtype=F64)
     coords = torch.tensor([[2.0, -3.0]], dtype=F64)
-    r = string_rotate(basis[:, None, :].transpose(0, 1), coords.expand(d, 2),
-                      module.c_row, module.c_col)[0].T  # column j = R e_j
+    r = string_rotate(
+        basis[:, None, :].transpose(0, 1), coords.expand(d, 2), module.c_row, module.c_col
+    )[0].T  # column j = R e_j
     torch.testing.assert_close(r.T @ r, torch.eye(d, dtype=F64))
     generator = 2.0 * circulant_generator(module.c_row[0]) - 3.0 * circulant_generator(
-        module.c_col[0])
+        module.c_col[0]
+    )
     torch.testing.assert_close(r, torch.linalg.matrix_exp(generator), rtol=1e-10, atol=1e-10)
     assert not torch.allclose(r, torch.eye(d, dtype=F64))
 
@@ -117,7 +119,8 @@ def test_string_rotation_is_orthogonal_relative_and_equals_matrix_exp():
         return string_rotate(x, pos[None].to(F64), module.c_row, module.c_col)
 
     first, second = _relative_pair_products(
-        rotate, torch.tensor([1.0, 2.0]), torch.tensor([4.0, -1.0]), torch.tensor([3.0, 5.0]))
+        rotate, torch.tensor([1.0, 2.0]), torch.tensor([4.0, -1.0]), torch.tensor([3.0, 5.0])
+    )
     torch.testing.assert_close(first, second)
 
 
@@ -131,7 +134,8 @@ def test_rope_rotation_is_orthogonal_and_relative(mode):
         return module.rotate(x, x, shifted)[0]
 
     first, second = _relative_pair_products(
-        rotate, torch.tensor([1.0, 2.0]), torch.tensor([4.0, -1.0]), torch.tensor([3.0, 5.0]))
+        rotate, torch.tensor([1.0, 2.0]), torch.tensor([4.0, -1.0]), torch.tensor([3.0, 5.0])
+    )
     torch.testing.assert_close(first, second)
     x = torch.randn(1, 1, 1, 8, dtype=F64)
     rotated = rotate(x, torch.tensor([3.0, 7.0]))
@@ -177,8 +181,11 @@ def test_translation_invariance(kernel, position):
     Rotations are relative between patch tokens; an unrotated CLS token sees absolute phases
     (as in Heo et al.), so rotation encodings are checked on a CLS-free sequence. Feature maps
     of rotated q/k are relative only in expectation (FAVOR+), so those are not listed."""
-    make_kernel = {"softmax": SoftmaxKernel, "favor": lambda: FavorKernel(8, 16),
-                   "relu": lambda: ReluKernel(8)}[kernel]
+    make_kernel = {
+        "softmax": SoftmaxKernel,
+        "favor": lambda: FavorKernel(8, 16),
+        "relu": lambda: ReluKernel(8),
+    }[kernel]
     module = _attention(make_kernel(), POSITIONS[position]()).eval()
     _randomise_positions(module)
     prefix = 1 if position == "rpe" else 0
@@ -237,8 +244,11 @@ def test_rpe_table_resizes_by_clamping_offsets():
 @pytest.mark.parametrize("position", list(POSITIONS))
 @pytest.mark.parametrize("kernel", ["softmax", "favor", "relu"])
 def test_gradients_reach_position_parameters_and_bf16_is_finite(position, kernel):
-    make_kernel = {"softmax": SoftmaxKernel, "favor": lambda: FavorKernel(8, 16),
-                   "relu": lambda: ReluKernel(8)}[kernel]
+    make_kernel = {
+        "softmax": SoftmaxKernel,
+        "favor": lambda: FavorKernel(8, 16),
+        "relu": lambda: ReluKernel(8),
+    }[kernel]
     module = Attention(16, 2, make_kernel(), POSITIONS[position]())
     _randomise_positions(module)
     x = torch.randn(2, 13, 16)

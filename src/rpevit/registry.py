@@ -11,7 +11,7 @@ from typing import Any
 from torch import nn
 
 from rpevit.attention.kernels import AttentionKernel, FavorKernel, ReluKernel, SoftmaxKernel
-from rpevit.models.vit import ViTConfig, VisionTransformer
+from rpevit.models.vit import VisionTransformer, ViTConfig
 from rpevit.positions import AbsoluteOnly, CirculantString, KernelizedRPE, PositionEncoding, Rope2D
 
 #: kernel name -> (constructor(head_dim, **options), options it accepts)
@@ -26,7 +26,9 @@ POSITIONS: dict[str, tuple[Callable[..., PositionEncoding], tuple[str, ...]]] = 
     "ape": (lambda config: AbsoluteOnly(), ()),
     "rpe": (lambda config: KernelizedRPE(config.heads, config.grid_size), ()),
     "string": (
-        lambda config, string_base=100.0: CirculantString(config.head_dim, config.heads, string_base),
+        lambda config, string_base=100.0: CirculantString(
+            config.head_dim, config.heads, string_base
+        ),
         ("string_base",),
     ),
     "rope": (
@@ -77,8 +79,15 @@ def build_config(
 ) -> ViTConfig:
     """Validated ``ViTConfig``; impossible sizes raise ValueError saying what to change."""
     image_size = _to_pair(image_size, "image_size")
-    for key, value in dict(in_chans=in_chans, num_classes=num_classes, patch_size=patch_size,
-                           dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim).items():
+    for key, value in dict(
+        in_chans=in_chans,
+        num_classes=num_classes,
+        patch_size=patch_size,
+        dim=dim,
+        depth=depth,
+        heads=heads,
+        mlp_dim=mlp_dim,
+    ).items():
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{key} must be a positive integer, got {value!r}")
     if image_size[0] % patch_size or image_size[1] % patch_size:
@@ -93,8 +102,9 @@ def build_config(
     for key in ("dropout", "emb_dropout"):
         if not 0.0 <= backbone.get(key, 0.0) < 1.0:
             raise ValueError(f"{key} must be in [0, 1), got {backbone[key]!r}")
-    return ViTConfig(image_size, patch_size, in_chans, num_classes, dim, depth, heads, mlp_dim,
-                     **backbone)
+    return ViTConfig(
+        image_size, patch_size, in_chans, num_classes, dim, depth, heads, mlp_dim, **backbone
+    )
 
 
 def create_model(
@@ -128,8 +138,14 @@ def create_model(
             f"valid options: {', '.join(valid)}"
         )
     config = build_config(
-        image_size=image_size, in_chans=in_chans, num_classes=num_classes,
-        patch_size=patch_size, dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim,
+        image_size=image_size,
+        in_chans=in_chans,
+        num_classes=num_classes,
+        patch_size=patch_size,
+        dim=dim,
+        depth=depth,
+        heads=heads,
+        mlp_dim=mlp_dim,
         **{k: v for k, v in options.items() if k in BACKBONE_OPTIONS},
     )
     kernel_opts = {k: v for k, v in options.items() if k in kernel_keys and v is not None}

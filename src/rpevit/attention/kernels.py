@@ -87,7 +87,11 @@ class FavorKernel(LinearKernel):
             raise ValueError(f"nb_features must be >= 1, got {nb_features}")
         if redraw_interval < 0:
             raise ValueError(f"redraw_interval must be >= 0, got {redraw_interval}")
-        self.head_dim, self.nb_features, self.redraw_interval = head_dim, nb_features, redraw_interval
+        self.head_dim, self.nb_features, self.redraw_interval = (
+            head_dim,
+            nb_features,
+            redraw_interval,
+        )
         self.register_buffer("feature_seed", torch.randint(0, 2**31 - 1, ()))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("projection", self._draw(0))

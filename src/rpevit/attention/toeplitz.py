@@ -139,4 +139,3 @@ def rpe_linear_attention(
     with torch.autocast(device_type=v.device.type, enabled=False):
         impl = _rpe_quadratic if method == "quadratic" else _rpe_fft
         return impl(q_features, k_features, v, log_weights, grid).to(v.dtype)
-

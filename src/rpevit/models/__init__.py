@@ -1,5 +1,5 @@
 """Model backbones."""
 
-from rpevit.models.vit import ViTConfig, VisionTransformer
+from rpevit.models.vit import VisionTransformer, ViTConfig
 
 __all__ = ["ViTConfig", "VisionTransformer"]

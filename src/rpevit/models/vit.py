@@ -47,7 +47,10 @@ class MLP(nn.Sequential):
 
     def __init__(self, dim: int, hidden: int, dropout: float) -> None:
         super().__init__(
-            nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim),
+            nn.Linear(dim, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, dim),
             nn.Dropout(dropout),
         )
 
@@ -87,14 +90,22 @@ class VisionTransformer(nn.Module):
         self.patch_embed = nn.Conv2d(
             config.in_chans, config.dim, config.patch_size, stride=config.patch_size
         )
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.dim)) if config.pool == "cls" else None
-        self.pos_embed = nn.Parameter(torch.zeros(1, grid_h * grid_w, config.dim)) if config.ape else None
+        self.cls_token = (
+            nn.Parameter(torch.zeros(1, 1, config.dim)) if config.pool == "cls" else None
+        )
+        self.pos_embed = (
+            nn.Parameter(torch.zeros(1, grid_h * grid_w, config.dim)) if config.ape else None
+        )
         self.emb_dropout = nn.Dropout(config.emb_dropout)
         self.blocks = nn.ModuleList(
             Block(
                 config,
                 Attention(
-                    config.dim, config.heads, make_kernel(), make_position(), config.qk_norm,
+                    config.dim,
+                    config.heads,
+                    make_kernel(),
+                    make_position(),
+                    config.qk_norm,
                     config.dropout,
                 ),
             )
@@ -138,8 +149,9 @@ class VisionTransformer(nn.Module):
         if (grid.height, grid.width) == (h0, w0):
             return self.pos_embed
         table = self.pos_embed.reshape(1, h0, w0, -1).permute(0, 3, 1, 2)
-        table = F.interpolate(table, size=(grid.height, grid.width), mode="bicubic",
-                              align_corners=False)
+        table = F.interpolate(
+            table, size=(grid.height, grid.width), mode="bicubic", align_corners=False
+        )
         return table.permute(0, 2, 3, 1).reshape(1, grid.num_patches, -1)
 
     def forward_features(self, images: Tensor) -> Tensor:
