@@ -1,0 +1,49 @@
+"""In-memory image data sets, batched on-device augmentation and a LightningDataModule."""
+
+from rpevit.data.augment import (
+    BatchTransform,
+    crop_flip,
+    normalize,
+    random_crop_flip,
+    random_rotate,
+    rotate,
+)
+from rpevit.data.datasets import (
+    DATA_DIR_ENV,
+    DATASETS,
+    DatasetSpec,
+    ImageDataset,
+    Split,
+    get_spec,
+    list_datasets,
+    load_dataset,
+    resolve_data_dir,
+    seeded_subset,
+    split_indices,
+)
+from rpevit.data.loader import EpochSampler, InMemoryLoader, mix_seed
+from rpevit.data.module import ImageDataModule
+
+__all__ = [
+    "DATASETS",
+    "DATA_DIR_ENV",
+    "BatchTransform",
+    "DatasetSpec",
+    "EpochSampler",
+    "ImageDataModule",
+    "ImageDataset",
+    "InMemoryLoader",
+    "Split",
+    "crop_flip",
+    "get_spec",
+    "list_datasets",
+    "load_dataset",
+    "mix_seed",
+    "normalize",
+    "random_crop_flip",
+    "random_rotate",
+    "resolve_data_dir",
+    "rotate",
+    "seeded_subset",
+    "split_indices",
+]
