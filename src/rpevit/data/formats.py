@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from rpevit.errors import DataCorruptError
 
@@ -176,25 +175,26 @@ def decode_images(
 ) -> np.ndarray:
     """Decode image files into one ``uint8 [N, channels, size, size]`` array.
 
-    Uses torchvision's native decoders (no PIL) and an antialiased resize; ``num_workers``
-    threads decode in parallel (the decoders release the GIL).
+    Pillow decodes and resizes (antialiased bilinear) each file; ``num_workers`` threads
+    work in parallel (Pillow releases the GIL while decoding and resizing).
     """
-    from torchvision.io import ImageReadMode, decode_image
-    from torchvision.transforms.v2.functional import resize
+    from PIL import Image, UnidentifiedImageError
 
-    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+    mode = "L" if channels == 1 else "RGB"
 
-    def load(path: Path) -> torch.Tensor:
+    def load(path: Path) -> np.ndarray:
         try:
-            image = decode_image(str(path), mode=mode)
-        except (RuntimeError, ValueError) as e:
+            with Image.open(path) as image:
+                image = image.convert(mode)
+                if image.size != (size, size):
+                    image = image.resize((size, size), Image.Resampling.BILINEAR)
+                array = np.asarray(image, dtype=np.uint8)
+        except (OSError, UnidentifiedImageError, ValueError) as e:
             raise DataCorruptError(f"cannot decode image {path}: {e}") from e
-        if image.shape[-2:] != (size, size):
-            image = resize(image, [size, size], antialias=True)
-        return image
+        return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
     out = np.empty((len(files), channels, size, size), dtype=np.uint8)
     with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
         for i, image in enumerate(pool.map(load, files)):
-            out[i] = image.numpy()
+            out[i] = image
     return out

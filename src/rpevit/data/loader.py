@@ -105,6 +105,7 @@ class InMemoryLoader:
         self.sampler = EpochSampler(
             len(split), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, even=even
         )
+        self.batch_sampler = None  # DataLoader attributes Lightning inspects (set_epoch, shuffle)
         self._position = 0  # batches yielded in the current epoch
         self._resume_at = 0  # batches to skip at the next __iter__ (restored from a checkpoint)
 

@@ -1,0 +1,196 @@
+"""Arguments and handlers for the ``rpevit train`` and ``rpevit evaluate`` sub-commands.
+
+``rpevit.cli`` adds these to its sub-parsers; the handlers return an exit code and raise
+:class:`~rpevit.errors.RpevitError` for bad input, which the CLI prints on one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+from pathlib import Path
+from typing import Any
+
+from rpevit.data import list_datasets
+from rpevit.errors import ConfigError
+from rpevit.training.config import PRECISIONS, PRESETS, TrainConfig
+from rpevit.training.run import evaluate, find_checkpoint, load_checkpoint, train
+
+#: CLI options that become ``create_model`` options (``TrainConfig.model_options``).
+MODEL_OPTIONS = ("nb_features", "redraw_interval", "qk_norm", "pool", "ape", "dropout")
+
+
+def _devices(text: str) -> int | str | list[int]:
+    """``auto``, a count (``2``) or a comma-separated list of device ids (``0,1``)."""
+    if text == "auto":
+        return text
+    try:
+        return [int(d) for d in text.split(",") if d] if "," in text else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'auto', a count or ids like 0,1: {text!r}"
+        ) from None
+
+
+def _option(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE parsed as a Python literal when possible (``3``, ``True``)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.replace("-", "_"), ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key.replace("-", "_"), value
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``rpevit train``; unset options (None) come from the preset."""
+    g = parser.add_argument_group("what to train")
+    g.add_argument("--model", help="model name, e.g. relu-ape, favor-rope (see `rpevit models`)")
+    g.add_argument("--dataset", help=f"one of {', '.join(list_datasets())} (default: mnist)")
+    g.add_argument(
+        "--preset",
+        help=f"one of {', '.join(PRESETS)} (default: paper); quick is sized for a CPU",
+    )
+    g.add_argument("--data-dir", help="data folder (default: $RPEVIT_DATA_DIR or ./data)")
+    g.add_argument("--max-train-samples", type=int, help="seeded subset of the training split")
+    g.add_argument("--max-val-samples", type=int, help="seeded subset of the validation split")
+    g.add_argument("--max-test-samples", type=int, help="seeded subset of the test split")
+    g.add_argument("--image-size", type=int, help="imagefolder only: resize images to this size")
+    g.add_argument("--no-augment", dest="augment", action="store_false", default=None)
+    g.add_argument("--no-download", dest="download", action="store_false", default=None)
+
+    g = parser.add_argument_group("architecture (default: from the preset)")
+    g.add_argument("--patch-size", type=int)
+    g.add_argument("--dim", type=int)
+    g.add_argument("--depth", type=int)
+    g.add_argument("--heads", type=int)
+    g.add_argument("--mlp-dim", type=int)
+    g.add_argument("--nb-features", type=int, help="random/ReLU features per head (FAVOR+, ReLU)")
+    g.add_argument("--redraw-interval", type=int, help="FAVOR+ feature redraw period in steps")
+    g.add_argument("--qk-norm", action="store_true", default=None, help="l2-normalise q and k")
+    g.add_argument("--pool", help="cls or mean")
+    g.add_argument("--no-ape", dest="ape", action="store_false", default=None)
+    g.add_argument("--dropout", type=float)
+    g.add_argument(
+        "--option",
+        type=_option,
+        action="append",
+        metavar="KEY=VALUE",
+        help="any other create_model option, e.g. --option rope_mode=mixed (repeatable)",
+    )
+
+    g = parser.add_argument_group("optimisation (default: from the preset)")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--eval-batch-size", type=int)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--warmup-epochs", type=float)
+    g.add_argument("--min-lr-ratio", type=float, help="final LR / peak LR (default 0.01)")
+    g.add_argument("--label-smoothing", type=float, help="default 0.1")
+    g.add_argument("--grad-clip", type=float, help="gradient norm clip (default 1.0; 0 = off)")
+    g.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    g.add_argument("--seed", type=int, help="training seed (default 0)")
+    g.add_argument("--split-seed", type=int, help="seed of the train/val split (default 42)")
+
+    g = parser.add_argument_group("run folder and hardware")
+    g.add_argument("--out", help="parent folder of run folders (default: runs)")
+    g.add_argument(
+        "--run-name", help="run folder name (default: <dataset>-<model>-<preset>-seed<seed>)"
+    )
+    g.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        help="continue from last.ckpt of this run, or of the given run folder / checkpoint",
+    )
+    g.add_argument("--overwrite", action="store_true", default=None, help="replace an existing run")
+    g.add_argument("--checkpoint-every-n-steps", type=int, help="also save last.ckpt every N steps")
+    g.add_argument("--accelerator", help="auto, cpu or gpu (default: auto)")
+    g.add_argument("--devices", type=_devices, help="auto, a count, or ids like 0,1")
+    g.add_argument("--num-nodes", type=int)
+    g.add_argument("--strategy", help="Lightning strategy, e.g. auto, ddp (default: auto)")
+    g.add_argument("--precision", help=f"one of {', '.join(PRECISIONS)} (default: 32-true)")
+    g.add_argument("--threads", type=int, help="torch CPU threads")
+    g.add_argument("--num-workers", type=int, help="threads decoding imagefolder images")
+    g.add_argument("--no-progress", dest="progress_bar", action="store_false", default=None)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """A :class:`TrainConfig` from parsed ``rpevit train`` options.
+
+    With ``--resume PATH`` the stored config of that checkpoint is the base and only the
+    options given on the command line change it.
+    """
+    fields = set(TrainConfig.__dataclass_fields__)
+    given = {
+        k: v
+        for k, v in vars(args).items()
+        if k in fields and k != "model_options" and v is not None
+    }
+    options = {k: getattr(args, k) for k in MODEL_OPTIONS if getattr(args, k, None) is not None}
+    options.update(dict(args.option or []))
+    base: dict[str, Any] = {}
+    if isinstance(args.resume, str):
+        stored = load_checkpoint(find_checkpoint(args.resume, "last.ckpt"))["hyper_parameters"]
+        base = dict(stored.get("config") or {})
+        if not base:
+            raise ConfigError(f"{args.resume} holds no training config to resume")
+    base.update(given)
+    base["model_options"] = {**base.get("model_options", {}), **options}
+    if "grad_clip" in given and not given["grad_clip"]:
+        base["grad_clip"] = None
+    return TrainConfig.from_dict(base)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Handler of ``rpevit train``: train, then print the headline numbers."""
+    metrics = train(config_from_args(args))
+    if metrics:
+        run_dir = Path(metrics["checkpoint"]).parent.parent
+        print(
+            f"{metrics['model']} on {metrics['dataset']}: test accuracy "
+            f"{metrics['test_accuracy']:.4f}, val accuracy {metrics['val_accuracy']:.4f}, "
+            f"mean NLL {metrics['mean_nll']:.4f}; results in {run_dir / 'metrics.json'}"
+        )
+    return 0
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``rpevit evaluate``."""
+    parser.add_argument("path", help="run folder (uses checkpoints/best.ckpt) or a .ckpt file")
+    parser.add_argument("--data-dir", help="data folder (default: the one used for training)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--batch-size", type=int, help="evaluation batch size")
+    parser.add_argument("--max-test-samples", type=int, help="evaluate a seeded test subset")
+    parser.add_argument(
+        "--out",
+        help="JSON file for the results (default: <run folder>/evaluation.json, or "
+        "<checkpoint>-evaluation.json beside a checkpoint file)",
+    )
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Handler of ``rpevit evaluate``: evaluate, write JSON, print the headline numbers."""
+    ckpt = find_checkpoint(args.path)
+    if args.out:
+        out = Path(args.out)
+    elif Path(args.path).is_dir():
+        out = Path(args.path) / "evaluation.json"
+    else:
+        out = ckpt.with_name(f"{ckpt.stem}-evaluation.json")
+    metrics = evaluate(
+        ckpt,
+        data_dir=args.data_dir,
+        device=args.device,
+        batch_size=args.batch_size,
+        max_test_samples=args.max_test_samples,
+        out=out,
+    )
+    print(
+        f"{metrics['model']} on {metrics['dataset']} ({ckpt}): test accuracy "
+        f"{metrics['test_accuracy']:.4f}, mean NLL {metrics['mean_nll']:.4f}, "
+        f"{metrics['inference_ms_per_sample']:.3f} ms/sample; results in {out}"
+    )
+    return 0

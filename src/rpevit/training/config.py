@@ -1,0 +1,239 @@
+"""Training configuration: one dataclass, presets per data set, validation.
+
+Fields left as None are filled from the preset for the data set; explicit values always
+win. The resolved config is what a run records
+(``config.json``, checkpoints, ``metrics.json``), so a run can be repeated from it alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from rpevit.data import get_spec
+from rpevit.errors import ConfigError
+
+#: Architecture and optimisation per preset and data set. ``paper``: the reported setting
+#: (patch 4, dim 256, depth 6, heads 8, MLP 512, batch 128, AdamW lr 1e-3). ``quick``: sized
+#: for a 2-core CPU (a few minutes on MNIST, where relu-ape reaches >= 97% test accuracy).
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "paper": {
+        "mnist": dict(
+            patch_size=4, dim=256, depth=6, heads=8, mlp_dim=512,
+            epochs=20, batch_size=128, lr=1e-3, weight_decay=0.05, warmup_epochs=1.0,
+        ),
+        "cifar10": dict(
+            patch_size=4, dim=256, depth=6, heads=8, mlp_dim=512,
+            epochs=100, batch_size=128, lr=1e-3, weight_decay=0.05, warmup_epochs=5.0,
+        ),
+        "cifar100": dict(
+            patch_size=4, dim=256, depth=6, heads=8, mlp_dim=512,
+            epochs=100, batch_size=128, lr=1e-3, weight_decay=0.05, warmup_epochs=5.0,
+        ),
+        "imagefolder": dict(
+            patch_size=8, dim=256, depth=6, heads=8, mlp_dim=512,
+            epochs=100, batch_size=128, lr=1e-3, weight_decay=0.05, warmup_epochs=5.0,
+        ),
+    },
+    "quick": {
+        "mnist": dict(
+            patch_size=7, dim=64, depth=3, heads=4, mlp_dim=128,
+            epochs=3, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_epochs=0.3,
+        ),
+        "cifar10": dict(
+            patch_size=4, dim=64, depth=3, heads=4, mlp_dim=128,
+            epochs=5, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_epochs=0.5,
+        ),
+        "cifar100": dict(
+            patch_size=4, dim=64, depth=3, heads=4, mlp_dim=128,
+            epochs=5, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_epochs=0.5,
+        ),
+        "imagefolder": dict(
+            patch_size=8, dim=64, depth=3, heads=4, mlp_dim=128,
+            epochs=5, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_epochs=0.5,
+        ),
+    },
+}  # fmt: skip
+
+#: Fields that define the model or the data a checkpoint was trained on: resuming with a
+#: different value would silently train something else.
+RUN_IDENTITY = (
+    "model",
+    "dataset",
+    "patch_size",
+    "dim",
+    "depth",
+    "heads",
+    "mlp_dim",
+    "model_options",
+    "seed",
+    "split_seed",
+    "batch_size",
+    "max_train_samples",
+    "image_size",
+    "in_chans",
+)
+
+PRECISIONS = ("32-true", "32", "64-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true")
+CPU_PRECISIONS = ("32-true", "32", "64-true", "bf16-mixed", "bf16-true")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run."""
+
+    model: str | None = None
+    dataset: str = "mnist"
+    preset: str = "paper"
+    # architecture (None: from the preset)
+    patch_size: int | None = None
+    dim: int | None = None
+    depth: int | None = None
+    heads: int | None = None
+    mlp_dim: int | None = None
+    #: further ``create_model`` options: nb_features, redraw_interval, qk_norm, pool, ape,
+    #: dropout, feature_projection, rpe_method, rope_mode, ... (None values are dropped)
+    model_options: dict[str, Any] = field(default_factory=dict)
+    # optimisation
+    epochs: int | None = None
+    batch_size: int | None = None
+    eval_batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    warmup_epochs: float | None = None
+    min_lr_ratio: float = 0.01
+    label_smoothing: float = 0.1
+    grad_clip: float | None = 1.0
+    max_steps: int | None = None
+    # data
+    data_dir: str | None = None
+    split_seed: int = 42
+    max_train_samples: int | None = None
+    max_val_samples: int | None = None
+    max_test_samples: int | None = None
+    augment: bool = True
+    download: bool = True
+    image_size: int | None = None
+    in_chans: int | None = None
+    num_workers: int = 0
+    # run
+    seed: int = 0
+    out: str = "runs"
+    run_name: str | None = None
+    resume: bool | str | None = None
+    overwrite: bool = False
+    checkpoint_every_n_steps: int | None = None
+    # hardware
+    accelerator: str = "auto"
+    devices: int | str | list[int] = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    deterministic: bool | str | None = None
+    threads: int | None = None
+    # reporting
+    progress_bar: bool = True
+    log_every_n_steps: int = 50
+    inference_batch_size: int = 128
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
+        return cls(**dict(values))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def run_dir(self) -> Path:
+        """``<out>/<run_name>``; the default name encodes data set, model, preset and seed."""
+        name = self.run_name or f"{self.dataset}-{self.model}-{self.preset}-seed{self.seed}"
+        return Path(self.out) / name
+
+    def model_kwargs(self, num_classes: int, in_chans: int, image_size: int) -> dict[str, Any]:
+        """Keyword arguments for :func:`rpevit.create_model` (plain values, checkpoint-safe)."""
+        return dict(
+            image_size=image_size,
+            in_chans=in_chans,
+            num_classes=num_classes,
+            patch_size=self.patch_size,
+            dim=self.dim,
+            depth=self.depth,
+            heads=self.heads,
+            mlp_dim=self.mlp_dim,
+            **{k: v for k, v in self.model_options.items() if v is not None},
+        )
+
+
+def _positive(config: TrainConfig, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and not value > 0:
+            raise ConfigError(f"{name.replace('_', '-')} must be positive, got {value}")
+
+
+def resolve_config(config: TrainConfig | Mapping[str, Any]) -> TrainConfig:
+    """Fill unset fields from the preset and defaults and check that the run is possible."""
+    if not isinstance(config, TrainConfig):
+        config = TrainConfig.from_dict(config)
+    else:
+        config = dataclasses.replace(config, model_options=dict(config.model_options))
+    if not config.model:
+        raise ConfigError("no model given: pass --model, e.g. --model relu-ape")
+    import rpevit
+
+    models = rpevit.list_available_models()
+    if config.model not in models:
+        raise ConfigError(f"unknown model {config.model!r}; choose one of {', '.join(models)}")
+    spec = get_spec(config.dataset)
+    if config.preset not in PRESETS:
+        raise ConfigError(f"unknown preset {config.preset!r}; choose one of {', '.join(PRESETS)}")
+    for key, value in PRESETS[config.preset][config.dataset].items():
+        if getattr(config, key) is None:
+            setattr(config, key, value)
+    _positive(config, "patch_size", "dim", "depth", "heads", "mlp_dim", "epochs", "batch_size")
+    _positive(config, "lr", "eval_batch_size", "max_steps", "max_train_samples")
+    _positive(config, "max_val_samples", "max_test_samples", "image_size", "in_chans")
+    _positive(config, "checkpoint_every_n_steps", "num_nodes", "threads", "inference_batch_size")
+    _positive(config, "log_every_n_steps")
+    if config.weight_decay < 0 or config.warmup_epochs < 0 or not 0 <= config.min_lr_ratio <= 1:
+        raise ConfigError("weight decay and warm-up must be >= 0 and min-lr-ratio in [0, 1]")
+    if not 0 <= config.label_smoothing < 1:
+        raise ConfigError(f"label smoothing must be in [0, 1), got {config.label_smoothing}")
+    image_size = config.image_size or spec.image_size
+    if image_size % config.patch_size:
+        raise ConfigError(
+            f"patch size {config.patch_size} does not divide the {image_size}x{image_size} "
+            f"{config.dataset} images"
+        )
+    if config.dim % config.heads:
+        raise ConfigError(f"dim {config.dim} is not divisible by heads {config.heads}")
+    if config.precision not in PRECISIONS:
+        raise ConfigError(
+            f"unknown precision {config.precision!r}; choose one of {', '.join(PRECISIONS)}"
+        )
+    return config
+
+
+def check_precision(precision: str, accelerator: str) -> None:
+    """Reject precisions the resolved accelerator cannot run (fp16 autocast needs a GPU)."""
+    if accelerator == "cpu" and precision not in CPU_PRECISIONS:
+        raise ConfigError(
+            f"precision {precision!r} needs a GPU; on CPU use one of {', '.join(CPU_PRECISIONS)}"
+        )
+
+
+def identity_mismatch(stored: Mapping[str, Any], config: TrainConfig) -> list[str]:
+    """Run-identity fields whose value differs between a checkpoint's config and ``config``."""
+    current = config.to_dict()
+    return [
+        f"{key}: checkpoint {stored.get(key)!r}, now {current[key]!r}"
+        for key in RUN_IDENTITY
+        if key in stored and stored[key] != current[key]
+    ]
