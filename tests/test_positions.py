@@ -54,7 +54,8 @@ def test_rpe_linear_attention_equals_dense_reference(height, width, prefix, feat
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
 
 
-def test_rpe_fft_chunked_with_recomputation_matches_and_backpropagates(monkeypatch):
+@pytest.mark.parametrize("method", ["fft", "quadratic"])
+def test_rpe_chunked_with_recomputation_matches_and_backpropagates(monkeypatch, method):
     import rpevit.attention.toeplitz as toeplitz
 
     heads, d, height, width = 2, 4, 4, 6
@@ -64,11 +65,28 @@ def test_rpe_fft_chunked_with_recomputation_matches_and_backpropagates(monkeypat
     grids = (height, width, 1)
     ref = rpe_linear_attention(qf, kf, v, log_c, grids, method="quadratic")
     (g_ref,) = torch.autograd.grad(ref.square().sum(), log_c)
-    monkeypatch.setattr(toeplitz, "FFT_CHUNK_BYTES", 1)  # force one feature per chunk
-    out = rpe_linear_attention(qf, kf, v, log_c, grids, method="fft")
-    (g_fft,) = torch.autograd.grad(out.square().sum(), log_c)
+    monkeypatch.setattr(toeplitz, "CHUNK_BYTES", 1)  # one feature (or query row) per chunk
+    out = rpe_linear_attention(qf, kf, v, log_c, grids, method=method)
+    (g_chunked,) = torch.autograd.grad(out.square().sum(), log_c)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(g_fft, g_ref, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(g_chunked, g_ref, rtol=1e-8, atol=1e-10)
+
+
+def test_rpe_auto_method_switches_at_threshold(monkeypatch):
+    import rpevit.attention.toeplitz as toeplitz
+
+    calls = []
+    for name in ("_toeplitz_quadratic", "_toeplitz_fft"):
+        original = getattr(toeplitz, name)
+        monkeypatch.setattr(
+            toeplitz, name, lambda *a, _n=name, _f=original: calls.append(_n) or _f(*a)
+        )
+    monkeypatch.setattr(toeplitz, "FFT_THRESHOLD", 12)
+    for height in (3, 4):  # 9 < 12 patch tokens, then 12
+        qf = torch.rand(1, 1, 1 + 3 * height, 4)
+        log_c = torch.zeros(1, 2 * height - 1, 5)
+        rpe_linear_attention(qf, qf, qf, log_c, (height, 3, 1))
+    assert calls == ["_toeplitz_quadratic", "_toeplitz_fft"]
 
 
 def test_rpe_fft_path_never_builds_an_n_by_n_tensor():

@@ -4,13 +4,18 @@
 ``c_ij = exp(b(r_j - r_i))`` between patch tokens and ``c = 1`` to and from prefix (CLS) tokens.
 Two exact algorithms are provided and chosen by size:
 
-- ``quadratic``: ``((phi(Q) phi(K)^T) * C) V`` with row normalisation, O(N^2 (m + d));
-- ``fft``: the block-Toeplitz product ``C X`` for ``X_j = phi(k_j) [v_j, 1]^T`` via a 2D FFT over
-  the grid zero-padded to at least ``(2H - 1) x (2W - 1)``, O(N log N m d) and never N x N.
-  Channels are processed in chunks under activation checkpointing so memory stays bounded.
+- ``quadratic``: ``((phi(Q) phi(K)^T) * C) V`` with row normalisation, O(N^2 (m + d)) time,
+  computed in blocks of query rows so memory is O(block x N), never a full N x N matrix;
+- ``fft``: the block-Toeplitz product ``C X`` for ``X_j = phi(k_j) [v_j, 1]^T`` via FFTs over the
+  grid zero-padded to at least ``(2H - 1) x (2W - 1)``, O(N log N m d) time.
+
+Both process their work in chunks; when there is more than one chunk and gradients are needed,
+each chunk is recomputed in backward (activation checkpointing), bounding peak memory.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -21,10 +26,10 @@ from rpevit.attention.functional import DENOMINATOR_EPS
 
 #: Patch-token count from which ``method="auto"`` switches from the quadratic form to the FFT.
 #: Measured with ``benchmarks/bench_attention.py`` on a 2-core CPU (see README).
-FFT_THRESHOLD = 2048
+FFT_THRESHOLD = 8192
 
-#: Bytes one FFT chunk's complex spectrum may occupy; bounds the FFT path's peak memory.
-FFT_CHUNK_BYTES = 256 * 2**20
+#: Bytes one chunk's largest intermediate may occupy; bounds both paths' peak memory.
+CHUNK_BYTES = 128 * 2**20
 
 
 def relative_index(height: int, width: int, device: torch.device | None = None) -> Tensor:
@@ -45,61 +50,30 @@ def dense_relative_matrix(
     return F.pad(dense, (num_prefix, 0, num_prefix, 0), value=fill)
 
 
-def _rpe_quadratic(qf: Tensor, kf: Tensor, v: Tensor, log_c: Tensor, grid: tuple[int, int, int]):
-    weights = dense_relative_matrix(log_c, *grid, fill=0.0).exp().to(qf.dtype)
-    scores = (qf @ kf.transpose(-1, -2)) * weights
-    denominator = scores.sum(dim=-1, keepdim=True).clamp_min(DENOMINATOR_EPS)
-    return (scores @ v.to(qf.dtype)) / denominator
+def _chunked(fn: Callable[..., Tensor], chunks: list, *args) -> list[Tensor]:
+    """``[fn(chunk, *args) for chunk in chunks]``, recomputed in backward if there are several."""
+    if len(chunks) > 1 and torch.is_grad_enabled():
+        return [checkpoint(fn, chunk, *args, use_reentrant=False) for chunk in chunks]
+    return [fn(chunk, *args) for chunk in chunks]
 
 
-def _fft_kernel(log_c: Tensor, height: int, width: int, size: tuple[int, int]) -> Tensor:
-    """rFFT of the convolution kernel ``K[t] = c(-t)`` laid out circularly on ``size``."""
-    flipped = log_c.flip(-2, -1).exp()  # flipped[t + H - 1] = c(-t)
-    padded = F.pad(flipped, (0, size[1] - (2 * width - 1), 0, size[0] - (2 * height - 1)))
-    circular = torch.roll(padded, shifts=(-(height - 1), -(width - 1)), dims=(-2, -1))
-    return torch.fft.rfft2(circular)
+def _quadratic_rows(rows: slice, qf, kf, v_ext, weights_flat, index) -> Tensor:
+    """Rows ``rows`` of ``((qf kf^T) * C) v_ext`` for patch tokens."""
+    weights = weights_flat[:, index[rows]]  # [h, rows, N]
+    return ((qf[:, :, rows] @ kf.transpose(-1, -2)) * weights) @ v_ext
 
 
-def _fft_chunk(qf: Tensor, kf: Tensor, v_ext: Tensor, spectrum: Tensor, grid_hw, size) -> Tensor:
-    """Contribution of one block of features: ``sum_a qf_a * (C (kf_a v_ext^T))``."""
-    height, width = grid_hw
-    batch, heads, n, feats = kf.shape
-    x = kf.unsqueeze(-1) * v_ext.unsqueeze(-2)  # [B, h, N, mc, d+1]
-    x = x.permute(0, 1, 3, 4, 2).reshape(batch, heads, feats, -1, height, width)
-    y = torch.fft.irfft2(torch.fft.rfft2(x, s=size) * spectrum[:, None, None], s=size)
-    y = y[..., :height, :width].reshape(batch, heads, feats, -1, n)
-    return torch.einsum("bhna,bhaen->bhne", qf, y)
+def _toeplitz_quadratic(qf, kf, v_ext, log_c, height, width) -> Tensor:
+    batch, heads, n, _ = qf.shape
+    weights_flat = log_c.exp().flatten(1)  # exp on the small table, then gather
+    index = relative_index(height, width, qf.device)
+    block = max(1, min(n, CHUNK_BYTES // max(batch * heads * n * qf.element_size(), 1)))
+    chunks = [slice(s, s + block) for s in range(0, n, block)]
+    parts = _chunked(_quadratic_rows, chunks, qf, kf, v_ext, weights_flat, index)
+    return torch.cat(parts, dim=2)
 
 
-def _rpe_fft(qf: Tensor, kf: Tensor, v: Tensor, log_c: Tensor, grid: tuple[int, int, int]):
-    height, width, prefix = grid
-    batch, heads, _, feats = qf.shape
-    v_ext = F.pad(v.to(qf.dtype), (0, 1), value=1.0)
-    # Prefix keys have weight 1 for every query; prefix queries see plain linear attention.
-    prefix_context = kf[:, :, :prefix].transpose(-1, -2) @ v_ext[:, :, :prefix]
-    all_context = prefix_context + kf[:, :, prefix:].transpose(-1, -2) @ v_ext[:, :, prefix:]
-    out_prefix = qf[:, :, :prefix] @ all_context
-    q_p, k_p, v_p = qf[:, :, prefix:], kf[:, :, prefix:], v_ext[:, :, prefix:]
-    out_patch = q_p @ prefix_context
-
-    size = (_fast_size(2 * height - 1), _fast_size(2 * width - 1))
-    spectrum = _fft_kernel(log_c.to(qf.dtype), height, width, size)
-    bytes_per_feature = batch * heads * v_ext.shape[-1] * size[0] * (size[1] // 2 + 1) * 16
-    chunk = max(1, min(feats, FFT_CHUNK_BYTES // max(bytes_per_feature, 1)))
-    grid_hw = (height, width)
-    recompute = chunk < feats and torch.is_grad_enabled()
-    for start in range(0, feats, chunk):
-        sl = slice(start, start + chunk)
-        args = (q_p[..., sl], k_p[..., sl], v_p, spectrum, grid_hw, size)
-        if recompute:
-            out_patch = out_patch + checkpoint(_fft_chunk, *args, use_reentrant=False)
-        else:
-            out_patch = out_patch + _fft_chunk(*args)
-    out = torch.cat([out_prefix, out_patch], dim=2)
-    return out[..., :-1] / out[..., -1:].clamp_min(DENOMINATOR_EPS)
-
-
-def _fast_size(n: int) -> int:
+def _fft_size(n: int) -> int:
     """Smallest integer >= n whose prime factors are 2, 3 and 5 (fast FFT lengths)."""
     while True:
         m = n
@@ -109,6 +83,40 @@ def _fast_size(n: int) -> int:
         if m == 1:
             return n
         n += 1
+
+
+def _fft_kernel(log_c: Tensor, height: int, width: int, size: tuple[int, int]) -> Tensor:
+    """2D spectrum ``[h, LH, LW/2+1]`` of the convolution kernel ``K[t] = c(-t)``, laid out
+    circularly on ``size``: then ``(C x)_i = sum_j K[i - j] x_j`` is a circular convolution."""
+    flipped = log_c.flip(-2, -1).exp()  # flipped[t + H - 1] = c(-t)
+    padded = F.pad(flipped, (0, size[1] - (2 * width - 1), 0, size[0] - (2 * height - 1)))
+    circular = torch.roll(padded, shifts=(-(height - 1), -(width - 1)), dims=(-2, -1))
+    return torch.fft.rfft2(circular)
+
+
+def _fft_features(features: slice, qf, kf, v_ext, spectrum, height, width, size) -> Tensor:
+    """``sum_{a in features} qf_a * (C (kf_a v_ext^T))`` via separable FFTs: the zero rows of the
+    padded input and the discarded rows of the output are never transformed."""
+    batch, heads, n, _ = kf.shape
+    k_block = kf[..., features]
+    x = k_block.unsqueeze(-1) * v_ext.unsqueeze(-2)  # [B, h, N, mc, d+1]
+    x = x.permute(0, 1, 3, 4, 2).reshape(batch, heads, k_block.shape[-1], -1, height, width)
+    x = torch.fft.fft(torch.fft.rfft(x, n=size[1], dim=-1), n=size[0], dim=-2)
+    y = torch.fft.ifft(x * spectrum[:, None, None], dim=-2)[..., :height, :]
+    y = torch.fft.irfft(y, n=size[1], dim=-1)[..., :width]
+    y = y.reshape(batch, heads, k_block.shape[-1], -1, n)
+    return torch.einsum("bhna,bhaen->bhne", qf[..., features], y)
+
+
+def _toeplitz_fft(qf, kf, v_ext, log_c, height, width) -> Tensor:
+    batch, heads, _, feats = qf.shape
+    size = (_fft_size(2 * height - 1), _fft_size(2 * width - 1))
+    spectrum = _fft_kernel(log_c, height, width, size)
+    bytes_per_feature = batch * heads * v_ext.shape[-1] * size[0] * (size[1] // 2 + 1) * 8
+    block = max(1, min(feats, CHUNK_BYTES // max(bytes_per_feature, 1)))
+    chunks = [slice(s, s + block) for s in range(0, feats, block)]
+    parts = _chunked(_fft_features, chunks, qf, kf, v_ext, spectrum, height, width, size)
+    return torch.stack(parts).sum(0) if len(parts) > 1 else parts[0]
 
 
 def rpe_linear_attention(
@@ -136,6 +144,17 @@ def rpe_linear_attention(
         method = "quadratic" if height * width < FFT_THRESHOLD else "fft"
     if method not in ("quadratic", "fft"):
         raise ValueError(f"unknown RPE method {method!r}; choose 'auto', 'quadratic' or 'fft'")
+    toeplitz = _toeplitz_quadratic if method == "quadratic" else _toeplitz_fft
     with torch.autocast(device_type=v.device.type, enabled=False):
-        impl = _rpe_quadratic if method == "quadratic" else _rpe_fft
-        return impl(q_features, k_features, v, log_weights, grid).to(v.dtype)
+        qf, kf = q_features, k_features
+        v_ext = F.pad(v.to(qf.dtype), (0, 1), value=1.0)  # last column gives the denominator
+        # Prefix keys have weight 1 for every query; prefix queries see plain linear attention.
+        prefix_context = kf[:, :, :prefix].transpose(-1, -2) @ v_ext[:, :, :prefix]
+        patch_context = kf[:, :, prefix:].transpose(-1, -2) @ v_ext[:, :, prefix:]
+        out_prefix = qf[:, :, :prefix] @ (prefix_context + patch_context)
+        q_p, k_p, v_p = qf[:, :, prefix:], kf[:, :, prefix:], v_ext[:, :, prefix:]
+        out_patch = q_p @ prefix_context + toeplitz(
+            q_p, k_p, v_p, log_weights.to(qf.dtype), height, width
+        )
+        out = torch.cat([out_prefix, out_patch], dim=2)
+        return (out[..., :-1] / out[..., -1:].clamp_min(DENOMINATOR_EPS)).to(v.dtype)
