@@ -77,7 +77,7 @@ def relu_features(x: Tensor, projection: Tensor | None = None, eps: float = 1e-3
 
 
 def linear_attention(q_features: Tensor, k_features: Tensor, v: Tensor) -> Tensor:
-    """``out_i = phi(q_i)^T S / phi(q_i)^T z``, ``S = sum_j phi(k_j) v_j^T``, ``z = sum_j phi(k_j)``.
+    """``out_i = phi(q_i)^T S / phi(q_i)^T z``, ``S = sum_j phi(k_j) v_j^T``, ``z = sum phi(k_j)``.
 
     O(N m d) time and O(m d) extra memory: the N x N attention matrix is never formed.
     Returns the dtype of ``v``; the sums run in the features' dtype (float32 under autocast).

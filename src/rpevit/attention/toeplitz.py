@@ -32,21 +32,24 @@ FFT_THRESHOLD = 8192
 CHUNK_BYTES = 128 * 2**20
 
 
-def relative_index(height: int, width: int, device: torch.device | None = None) -> Tensor:
-    """Flat index ``[N, N]`` into a ``(2H-1) x (2W-1)`` table of the offset ``r_j - r_i``."""
-    rows = torch.arange(height, device=device).repeat_interleave(width)
-    cols = torch.arange(width, device=device).repeat(height)
-    d_row = rows[None, :] - rows[:, None] + height - 1
-    d_col = cols[None, :] - cols[:, None] + width - 1
-    return d_row * (2 * width - 1) + d_col
+def toeplitz_rows(table: Tensor, height: int, width: int, start: int = 0, stop: int | None = None):
+    """Rows of the dense ``[h, N, N]`` matrix ``M[i, j] = table[r_j - r_i]`` for the queries in grid
+    rows ``[start, stop)``, from a per-head table ``[h, 2H-1, 2W-1]`` indexed by offset.
+
+    Built from overlapping windows (``unfold``) of the flipped table, so forward is one copy and
+    backward is a windowed sum, not an N^2-element scatter."""
+    stop = height if stop is None else stop
+    flipped = table.flip(-2, -1)  # flipped[H-1 + r_i - r_j] = table[r_j - r_i]
+    windows = flipped.unfold(-2, height, 1).unfold(-2, width, 1)  # [h, H, W, H, W]
+    rows = windows[:, start:stop].flip(-2, -1)
+    return rows.reshape(table.shape[0], (stop - start) * width, height * width)
 
 
 def dense_relative_matrix(
     table: Tensor, height: int, width: int, num_prefix: int, fill: float
 ) -> Tensor:
     """Expand a per-head table ``[h, 2H-1, 2W-1]`` to ``[h, P+N, P+N]``; prefix rows/cols = fill."""
-    index = relative_index(height, width, table.device)
-    dense = table.flatten(1)[:, index]
+    dense = toeplitz_rows(table, height, width)
     return F.pad(dense, (num_prefix, 0, num_prefix, 0), value=fill)
 
 
@@ -57,19 +60,20 @@ def _chunked(fn: Callable[..., Tensor], chunks: list, *args) -> list[Tensor]:
     return [fn(chunk, *args) for chunk in chunks]
 
 
-def _quadratic_rows(rows: slice, qf, kf, v_ext, weights_flat, index) -> Tensor:
-    """Rows ``rows`` of ``((qf kf^T) * C) v_ext`` for patch tokens."""
-    weights = weights_flat[:, index[rows]]  # [h, rows, N]
-    return ((qf[:, :, rows] @ kf.transpose(-1, -2)) * weights) @ v_ext
+def _quadratic_rows(rows: tuple[int, int], qf, kf, v_ext, weights, height, width) -> Tensor:
+    """Queries in grid rows ``rows`` of ``((qf kf^T) * C) v_ext`` for patch tokens."""
+    block = toeplitz_rows(weights, height, width, *rows)  # [h, rows * W, N]
+    q_block = qf[:, :, rows[0] * width : rows[1] * width]
+    return ((q_block @ kf.transpose(-1, -2)) * block) @ v_ext
 
 
 def _toeplitz_quadratic(qf, kf, v_ext, log_c, height, width) -> Tensor:
     batch, heads, n, _ = qf.shape
-    weights_flat = log_c.exp().flatten(1)  # exp on the small table, then gather
-    index = relative_index(height, width, qf.device)
-    block = max(1, min(n, CHUNK_BYTES // max(batch * heads * n * qf.element_size(), 1)))
-    chunks = [slice(s, s + block) for s in range(0, n, block)]
-    parts = _chunked(_quadratic_rows, chunks, qf, kf, v_ext, weights_flat, index)
+    weights = log_c.exp()  # exp on the small table, then expand
+    row_bytes = batch * heads * width * n * qf.element_size()
+    block = max(1, min(height, CHUNK_BYTES // max(row_bytes, 1)))
+    chunks = [(s, min(s + block, height)) for s in range(0, height, block)]
+    parts = _chunked(_quadratic_rows, chunks, qf, kf, v_ext, weights, height, width)
     return torch.cat(parts, dim=2)
 
 
