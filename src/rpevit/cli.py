@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from rpevit.errors import RpevitError
 from rpevit.flops import count_flops
 from rpevit.registry import create_model, list_available_models, parse_model_name
 
@@ -58,6 +59,21 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--heads", type=int, default=8)
     models.add_argument("--mlp-dim", type=int, default=512)
     models.set_defaults(func=_models_command)
+
+    # Imported here so that `rpevit models` stays fast (no Lightning import).
+    from rpevit.training import (
+        add_evaluate_arguments,
+        add_train_arguments,
+        run_evaluate,
+        run_train,
+    )
+
+    train = sub.add_parser("train", help="train and evaluate one model")
+    add_train_arguments(train)
+    train.set_defaults(func=run_train)
+    evaluate = sub.add_parser("evaluate", help="re-measure a trained model on the test set")
+    add_evaluate_arguments(evaluate)
+    evaluate.set_defaults(func=run_evaluate)
     return parser
 
 
@@ -66,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except ValueError as error:
+    except (RpevitError, ValueError) as error:
         print(f"rpevit {args.command}: error: {error}", file=sys.stderr)
         return 2
 
