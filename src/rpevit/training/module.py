@@ -17,7 +17,7 @@ from rpevit.errors import ConfigError, RpevitError
 
 #: Parameters whose name contains one of these are position tables / frequencies / tokens:
 #: decaying them towards 0 would fight the geometry they encode, so they get no weight decay.
-NO_DECAY_KEYWORDS = ("pos", "rpe", "cls", "freq", "string")
+NO_DECAY_KEYWORDS = ("pos", "rpe", "cls", "freq", "string", "temperature")
 
 
 def build_model(name: str, kwargs: dict[str, Any]) -> nn.Module:
