@@ -10,15 +10,45 @@ from typing import Any
 
 from torch import nn
 
-from rpevit.attention.kernels import AttentionKernel, FavorKernel, ReluKernel, SoftmaxKernel
+from rpevit.attention.kernels import (
+    AttentionKernel,
+    ExpKernel,
+    FavorKernel,
+    LearnableKernel,
+    ReluKernel,
+    SoftmaxKernel,
+)
+from rpevit.attention.linformer import LinformerKernel, SequenceProjection
 from rpevit.models.vit import VisionTransformer, ViTConfig
 from rpevit.positions import AbsoluteOnly, CirculantString, KernelizedRPE, PositionEncoding, Rope2D
+from rpevit.positions.gates import PositionGate
 
-#: kernel name -> (constructor(head_dim, **options), options it accepts)
+
+def _linformer(config: ViTConfig, shared: dict, linformer_k=64, linformer_sharing="none"):
+    num_tokens = config.grid_size[0] * config.grid_size[1] + (config.pool == "cls")
+    if linformer_sharing == "layerwise" and "linformer" not in shared:
+        shared["linformer"] = SequenceProjection(num_tokens, linformer_k)
+    return LinformerKernel(num_tokens, linformer_k, linformer_sharing, shared.get("linformer"))
+
+
+#: kernel name -> (constructor(config, shared, **options), options it accepts). ``shared`` is
+#: one dict per model, for modules that several layers share.
 KERNELS: dict[str, tuple[Callable[..., AttentionKernel], tuple[str, ...]]] = {
-    "softmax": (lambda head_dim: SoftmaxKernel(), ()),
-    "favor": (FavorKernel, ("nb_features", "redraw_interval", "rpe_method")),
-    "relu": (ReluKernel, ("nb_features", "feature_projection", "rpe_method")),
+    "softmax": (lambda config, shared: SoftmaxKernel(), ()),
+    "favor": (
+        lambda config, shared, **o: FavorKernel(config.head_dim, **o),
+        ("nb_features", "redraw_interval", "rpe_method"),
+    ),
+    "relu": (
+        lambda config, shared, **o: ReluKernel(config.head_dim, **o),
+        ("nb_features", "feature_projection", "rpe_method"),
+    ),
+    "exp": (lambda config, shared, **o: ExpKernel(**o), ("rpe_method",)),
+    "learnable": (
+        lambda config, shared, **o: LearnableKernel(config.head_dim, **o),
+        ("nb_features", "rpe_method"),
+    ),
+    "linformer": (_linformer, ("linformer_k", "linformer_sharing")),
 }
 
 #: position name -> (constructor(config, **options), options it accepts)
@@ -37,21 +67,50 @@ POSITIONS: dict[str, tuple[Callable[..., PositionEncoding], tuple[str, ...]]] = 
         ),
         ("rope_mode", "rope_base"),
     ),
+    "rope-axial": (
+        lambda config, rope_base=100.0: Rope2D(config.head_dim, config.heads, "axial", rope_base),
+        ("rope_base",),
+    ),
+    "rope-mixed": (
+        lambda config, rope_base=100.0: Rope2D(config.head_dim, config.heads, "mixed", rope_base),
+        ("rope_base",),
+    ),
+    "irpe-gate": (lambda config: PositionGate(config.heads, config.grid_size, 1), ()),
+    "string-gate": (
+        lambda config: PositionGate(config.heads, config.grid_size, config.head_dim),
+        (),
+    ),
 }
+
+#: Kernel/position pairs that do not make sense (Linformer mixes tokens: no pairwise RPE).
+INCOMPATIBLE = {("linformer", "rpe")}
+
+#: The study's 12 core variants: {softmax, favor, relu} x {ape, rpe, string, rope}.
+CORE_MODELS = [
+    f"{kernel}-{position}"
+    for kernel in ("softmax", "favor", "relu")
+    for position in ("ape", "rpe", "string", "rope")
+]
 
 #: Options of the backbone itself (``ViTConfig`` fields beyond the required sizes).
 BACKBONE_OPTIONS = ("pool", "ape", "qk_norm", "dropout", "emb_dropout")
 
 
 def list_available_models() -> list[str]:
-    """All registered model names, ``<kernel>-<position>``."""
-    return [f"{kernel}-{position}" for kernel in KERNELS for position in POSITIONS]
+    """All registered model names, ``<kernel>-<position>``: the 12 core variants first."""
+    extra = [
+        f"{kernel}-{position}"
+        for kernel in KERNELS
+        for position in POSITIONS
+        if (kernel, position) not in INCOMPATIBLE
+    ]
+    return CORE_MODELS + [name for name in extra if name not in CORE_MODELS]
 
 
 def parse_model_name(name: str) -> tuple[str, str]:
     """Split ``<kernel>-<position>``; ValueError naming the valid choices otherwise."""
     kernel, _, position = name.partition("-")
-    if kernel not in KERNELS or position not in POSITIONS:
+    if kernel not in KERNELS or position not in POSITIONS or (kernel, position) in INCOMPATIBLE:
         raise ValueError(
             f"unknown model {name!r}; available models: {', '.join(list_available_models())}"
         )
@@ -124,7 +183,8 @@ def create_model(
 
     Options: backbone ``pool`` ("cls"/"mean"), ``ape`` (bool), ``qk_norm``, ``dropout``,
     ``emb_dropout``; kernel ``nb_features``, ``redraw_interval``, ``feature_projection``,
-    ``rpe_method``; position ``rope_mode`` ("axial"/"mixed"), ``rope_base``, ``string_base``.
+    ``rpe_method``, ``linformer_k``, ``linformer_sharing``; position ``rope_mode``
+    ("axial"/"mixed"), ``rope_base``, ``string_base``.
     Options that do not apply to the chosen kernel/position are rejected.
     """
     kernel_name, position_name = parse_model_name(name)
@@ -150,9 +210,10 @@ def create_model(
     )
     kernel_opts = {k: v for k, v in options.items() if k in kernel_keys and v is not None}
     position_opts = {k: v for k, v in options.items() if k in position_keys and v is not None}
+    shared: dict = {}
     model = VisionTransformer(
         config,
-        lambda: make_kernel(config.head_dim, **kernel_opts),
+        lambda: make_kernel(config, shared, **kernel_opts),
         lambda: make_position(config, **position_opts),
     )
     model.model_name = name

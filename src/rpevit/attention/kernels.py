@@ -145,3 +145,34 @@ class ReluKernel(LinearKernel):
     def features(self, x: Tensor, is_query: bool) -> Tensor:
         weight = None if self.feature_proj is None else self.feature_proj.weight
         return relu_features(x, weight)
+
+
+class ExpKernel(LinearKernel):
+    """Deterministic EXP kernel, ``phi(x) = exp(x d^-1/4 - s)`` element-wise, no projection
+    (``s`` the same detached stabiliser as FAVOR+). A positive feature map with m = d."""
+
+    def features(self, x: Tensor, is_query: bool) -> Tensor:
+        compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = x.to(compute_dtype) * x.shape[-1] ** -0.25
+            dims = (-1,) if is_query else (-2, -1)
+            return torch.exp(x - x.detach().amax(dim=dims, keepdim=True))
+
+
+class LearnableKernel(LinearKernel):
+    """Learnable positive features ``phi(x) = m^-1/2 exp(W x' - |x'|^2/2 - s)`` with ``W``
+    (``m x d``) a trained parameter initialised by one FAVOR+ orthogonal draw: it starts as a
+    FAVOR+ estimator of softmax and then learns its own kernel (no redraws)."""
+
+    def __init__(
+        self, head_dim: int, nb_features: int | None = None, rpe_method: str = "auto"
+    ) -> None:
+        super().__init__(rpe_method)
+        if nb_features is None:
+            nb_features = max(1, int(head_dim * math.log(head_dim)))
+        if nb_features < 1:
+            raise ValueError(f"nb_features must be >= 1, got {nb_features}")
+        self.feature_weight = nn.Parameter(orthogonal_gaussian_projection(nb_features, head_dim))
+
+    def features(self, x: Tensor, is_query: bool) -> Tensor:
+        return favor_features(x, self.feature_weight, is_query=is_query)
