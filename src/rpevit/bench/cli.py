@@ -1,0 +1,130 @@
+"""Arguments and dispatch of ``rpevit bench`` (also ``python -m rpevit.bench`` and the scripts
+in ``benchmarks/``)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from rpevit.bench.common import VARIANTS, BenchContext
+
+#: Benchmark name -> module under ``rpevit.bench`` with ``main(ctx) -> record``; run in order.
+BENCHMARKS = {
+    "layer": "rpevit.bench.layer",
+    "scaling": "rpevit.bench.scaling",
+    "anchors": "rpevit.bench.anchors",
+    "fidelity": "rpevit.bench.fidelity",
+    "ceiling": "rpevit.bench.ceiling",
+}
+
+#: Timing defaults per preset: (warm-up calls, timed calls, seconds budget per callable).
+TIMING = {"smoke": (1, 2, 0.5), "quick": (1, 5, 2.0), "full": (2, 10, 10.0)}
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``bench`` options to ``parser`` (the CLI's sub-command parser)."""
+    parser.add_argument(
+        "benchmarks",
+        nargs="*",
+        default=["all"],
+        choices=[*BENCHMARKS, "all"],
+        metavar="BENCHMARK",
+        help=f"which to run: {', '.join(BENCHMARKS)} or all (default: all)",
+    )
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument(
+        "--quick", action="store_true", help="small sizes: the whole suite in < 10 min on 2 cores"
+    )
+    size.add_argument(
+        "--smoke", action="store_true", help="tiny sizes, seconds; checks the plumbing only"
+    )
+    parser.add_argument("--out", type=Path, default=Path("bench_out"), help="output folder")
+    parser.add_argument("--warmup", type=int, default=None, help="warm-up calls per callable")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls per callable")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds per timed callable; slower ones get fewer (>= 3) repeats",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument(
+        "--models",
+        default="all",
+        help="comma-separated variants for layer/scaling/ceiling (default: all 12)",
+    )
+    parser.add_argument(
+        "--no-memory", action="store_true", help="skip the peak-memory subprocesses"
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the layers/models (needs a compiler)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def context_from_args(args: argparse.Namespace) -> BenchContext:
+    """Validated :class:`BenchContext` from parsed arguments."""
+    preset = "smoke" if args.smoke else "quick" if args.quick else "full"
+    warmup, repeats, budget = TIMING[preset]
+    models = VARIANTS if args.models == "all" else args.models.split(",")
+    unknown = [m for m in models if m not in VARIANTS]
+    if unknown:
+        raise ValueError(
+            f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}"
+        )
+    for name, value in (("--warmup", args.warmup), ("--repeats", args.repeats)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    return BenchContext(
+        preset=preset,
+        out=args.out,
+        warmup=args.warmup or warmup,
+        repeats=args.repeats or repeats,
+        budget_s=args.budget or budget,
+        memory=not args.no_memory,
+        compile=args.compile,
+        models=list(models),
+        seed=args.seed,
+    )
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """Run the selected benchmarks; 0 if all ran (whatever their targets), 1 if one failed."""
+    ctx = context_from_args(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = list(BENCHMARKS) if "all" in args.benchmarks else list(dict.fromkeys(args.benchmarks))
+    start, failed = time.perf_counter(), []
+    for name in names:
+        torch.manual_seed(ctx.seed)
+        try:
+            importlib.import_module(BENCHMARKS[name]).main(ctx)
+        except Exception:
+            traceback.print_exc()
+            print(f"rpevit bench {name}: failed (see the traceback above)", file=sys.stderr)
+            failed.append(name)
+    print(
+        f"rpevit bench: {len(names) - len(failed)}/{len(names)} benchmarks done in "
+        f"{time.perf_counter() - start:.0f} s; outputs in {ctx.out}/"
+    )
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None, default: str | None = None) -> int:
+    """Stand-alone entry point; ``default`` preselects one benchmark (for the scripts)."""
+    parser = argparse.ArgumentParser(prog="rpevit bench", description=__doc__.splitlines()[0])
+    add_bench_arguments(parser)
+    if default is not None:
+        parser.set_defaults(benchmarks=[default])
+    args = parser.parse_args(argv)
+    try:
+        return run_bench(args)
+    except ValueError as error:
+        print(f"rpevit bench: error: {error}", file=sys.stderr)
+        return 2

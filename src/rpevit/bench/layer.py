@@ -1,0 +1,310 @@
+"""``layer``: forward + backward time and peak memory of ONE attention layer, all 12 variants,
+with ``batch * tokens`` held constant, plus favor-rpe's quadratic vs FFT Toeplitz paths."""
+
+from __future__ import annotations
+
+import gc
+import time
+from pathlib import Path
+
+from rpevit.attention.toeplitz import FFT_THRESHOLD
+from rpevit.bench.common import (
+    BenchContext,
+    crossover,
+    describe_crossover,
+    fmt,
+    md_table,
+    median,
+    new_record,
+    ratio,
+    time_interleaved,
+    verdict,
+    write_outputs,
+)
+from rpevit.bench.memory import measure_peak_memory
+from rpevit.bench.workloads import build_step
+
+SETTINGS = {
+    "smoke": dict(tokens=[16, 64], batch_tokens=64, heads=2, head_dim=8, nb_features=8),
+    "quick": dict(tokens=[64, 256, 1024, 4096], batch_tokens=4096, heads=8, head_dim=32,
+                  nb_features=64, memory_only=[["favor-rpe", 16384]]),
+    "full": dict(tokens=[64, 256, 1024, 4096, 16384], batch_tokens=4096, heads=8, head_dim=32,
+                 nb_features=64),
+}  # fmt: skip
+
+#: The two explicit Toeplitz paths timed beside favor-rpe's automatic choice.
+RPE_METHODS = ("quadratic", "fft")
+
+#: favor-rpe memory bound of the issue at N = 16384 (B = 1, 8 heads, d = 32, m = 64).
+MEMORY_BOUND_MIB = 6 * 1024
+
+
+def available_mib() -> float:
+    """MemAvailable in MiB (infinite where unknown)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("inf")
+
+
+def estimated_mib(variant: str, tokens: int, heads: int) -> float:
+    """Rough peak of the dense parts: softmax-rpe expands its bias to ``[h, N, N]`` (gather,
+    pad, gradient) from three int64 ``[N, N]`` index tensors; other variants are O(N)."""
+    if variant != "softmax-rpe":
+        return 0.0
+    return (3 * 8 * tokens**2 + 4 * 4 * heads * tokens**2) / 2**20
+
+
+def _spec(label: str, tokens: int, s: dict, ctx: BenchContext) -> dict:
+    variant, _, method = label.partition("[")
+    return {
+        "kind": "layer",
+        "variant": variant,
+        "rpe_method": method.rstrip("]") or None,
+        "tokens": tokens,
+        "batch": max(1, s["batch_tokens"] // tokens),
+        "heads": s["heads"],
+        "head_dim": s["head_dim"],
+        "nb_features": s["nb_features"],
+        "compile": ctx.compile,
+        "seed": ctx.seed,
+    }
+
+
+def run(ctx: BenchContext) -> dict:
+    """Time and measure every variant (and favor-rpe's two Toeplitz paths) at each N."""
+    s = SETTINGS[ctx.preset]
+    start = time.perf_counter()
+    labels = list(ctx.models)
+    if "favor-rpe" in labels:
+        labels += [f"favor-rpe[{m}]" for m in RPE_METHODS]
+    record = new_record(ctx, "layer", {**s, "labels": labels, "fft_threshold": FFT_THRESHOLD})
+    rows = []
+    for tokens in s["tokens"]:
+        specs, skipped = {}, {}
+        for label in labels:
+            need = estimated_mib(label, tokens, s["heads"])
+            if need > 0.6 * available_mib():
+                skipped[label] = f"skipped: needs ~{need / 1024:.0f} GiB (dense N x N bias)"
+            else:
+                specs[label] = _spec(label, tokens, s, ctx)
+        steps = {label: build_step(spec) for label, spec in specs.items()}
+        times = time_interleaved(
+            steps, warmup=ctx.warmup, repeats=ctx.repeats, budget_s=ctx.budget_s
+        )
+        del steps
+        gc.collect()
+        memory = (
+            dict(zip(specs, measure_peak_memory(list(specs.values())), strict=True))
+            if ctx.memory else {}
+        )  # fmt: skip
+        for label in labels:
+            if label in skipped:
+                rows.append({"label": label, "tokens": tokens, "note": skipped[label]})
+                continue
+            spec = specs[label]
+            rows.append({
+                "label": label, "tokens": tokens, "batch": spec["batch"],
+                "time_ms": median(times[label]) * 1e3,
+                "time_per_seq_ms": median(times[label]) * 1e3 / spec["batch"],
+                "times_s": times[label], "memory": memory.get(label),
+                "peak_mib": (memory.get(label) or {}).get("peak_mib"),
+            })  # fmt: skip
+    extra_specs = [_spec(label, tokens, s, ctx) for label, tokens in s.get("memory_only", [])]
+    if ctx.memory:
+        for spec, result in zip(extra_specs, measure_peak_memory(extra_specs), strict=True):
+            rows.append({
+                "label": spec["variant"], "tokens": spec["tokens"], "batch": spec["batch"],
+                "memory": result, "peak_mib": result.get("peak_mib"), "note": "memory only",
+            })  # fmt: skip
+    record["rows"] = rows
+    record["summary"] = summarise(rows, s["tokens"])
+    record["seconds"] = time.perf_counter() - start
+    return record
+
+
+def _lookup(rows: list[dict], key: str) -> dict[tuple[str, int], float]:
+    return {(r["label"], r["tokens"]): r[key] for r in rows if r.get(key) is not None}
+
+
+def summarise(rows: list[dict], tokens: list[int]) -> dict:
+    """The issue's targets, each as measured ratio(s) plus a verdict."""
+    t = _lookup(rows, "time_per_seq_ms")
+    mem = _lookup(rows, "peak_mib")
+    summary: dict = {}
+    rpe_ratios = {n: ratio(t.get(("favor-rpe", n)), t.get(("favor-ape", n))) for n in tokens}
+    small = [r for n, r in rpe_ratios.items() if n <= 256 and r is not None]
+    summary["favor_rpe_vs_ape"] = {
+        "ratios": rpe_ratios, "target": "<= 3 at N <= 256",
+        "pass": all(r <= 3 for r in small) if small else None,
+    }  # fmt: skip
+    for position in ("string", "rope"):
+        ratios = {
+            n: ratio(t.get((f"favor-{position}", n)), t.get(("favor-ape", n))) for n in tokens
+        }
+        known = [r for r in ratios.values() if r is not None]
+        summary[f"favor_{position}_vs_ape"] = {
+            "ratios": ratios, "target": "<= 1.5 at every N",
+            "pass": all(r <= 1.5 for r in known) if known else None,
+        }  # fmt: skip
+    growth = {}
+    for label in sorted({r["label"] for r in rows}):
+        g = ratio(t.get((label, 4096)), t.get((label, 1024)))
+        if g is not None:
+            growth[label] = g
+    summary["growth_1024_to_4096"] = {
+        "per_sequence_time_ratio": growth,
+        "target": "linear <= ~5 (O(N) gives 4), softmax ~16 (O(N^2))",
+        "pass": all(g <= 5 for k, g in growth.items() if not k.startswith("softmax"))
+        if growth else None,
+    }  # fmt: skip
+    summary["favor_rpe_beats_softmax_rpe"] = crossover(
+        tokens,
+        [t.get(("softmax-rpe", n)) for n in tokens],
+        [t.get(("favor-rpe", n)) for n in tokens],
+    )
+    quad = [t.get(("favor-rpe[quadratic]", n)) for n in tokens]
+    fft = [t.get(("favor-rpe[fft]", n)) for n in tokens]
+    summary["fft_vs_quadratic"] = {
+        "quadratic_over_fft": {n: ratio(q, f) for n, q, f in zip(tokens, quad, fft, strict=True)},
+        "fft_faster_from": crossover(tokens, quad, fft),
+        "current_fft_threshold": FFT_THRESHOLD,
+    }
+    peak = mem.get(("favor-rpe", 16384))
+    summary["favor_rpe_memory_16384"] = {
+        "peak_mib": peak, "bound_mib": MEMORY_BOUND_MIB,
+        "pass": None if peak is None else peak <= MEMORY_BOUND_MIB,
+    }  # fmt: skip
+    return summary
+
+
+def markdown(record: dict) -> str:
+    """Time and memory tables plus the target checks."""
+    rows, summary = record["rows"], record["summary"]
+    tokens = record["settings"]["tokens"]
+    labels = record["settings"]["labels"]
+    t = _lookup(rows, "time_ms")
+    mem = _lookup(rows, "peak_mib")
+    notes = {(r["label"], r["tokens"]): r["note"] for r in rows if "note" in r}
+    batch = {r["tokens"]: r["batch"] for r in rows if "batch" in r}
+    head = ["variant"] + [f"N={n} (B={batch.get(n, '-')})" for n in tokens]
+    time_rows = []
+    for label in labels:
+        cells = [label]
+        for n in tokens:
+            base = t.get(("favor-ape", n))
+            value = t.get((label, n))
+            cells.append(
+                f"{fmt(value)} ({fmt(ratio(value, base), 2)}x)"
+                if value
+                else notes.get((label, n), "-")
+            )
+        time_rows.append(cells)
+    mem_tokens = sorted({r["tokens"] for r in rows if r.get("peak_mib") is not None})
+    mem_rows = [[label] + [fmt(mem.get((label, n))) for n in mem_tokens] for label in labels]
+    s = record["settings"]
+    lines = [
+        f"One attention layer, {s['heads']} heads x d={s['head_dim']}, m={s['nb_features']} "
+        f"FAVOR+ features (ReLU: identity features, m=d), CLS + N patch tokens, "
+        f"B*N={s['batch_tokens']}; forward+backward, median ms per call "
+        "(ratio to favor-ape at the same N):",
+        "",
+        md_table(head, time_rows),
+        "",
+        "Peak memory of one forward+backward step, MiB (RSS increase, fresh worker process):",
+        "",
+        md_table(["variant"] + [f"N={n}" for n in mem_tokens], mem_rows)
+        if mem_tokens
+        else "(not measured)",
+        "",
+        "Targets:",
+        "",
+    ]
+    r = summary["favor_rpe_vs_ape"]
+    lines.append(
+        f"- favor-rpe / favor-ape at N <= 256: "
+        f"{', '.join(f'{n}: {fmt(v, 2)}x' for n, v in r['ratios'].items() if n <= 256)} "
+        f"(target <= 3): {verdict(r['pass'])}"
+    )
+    for position in ("string", "rope"):
+        r = summary[f"favor_{position}_vs_ape"]
+        lines.append(
+            f"- favor-{position} / favor-ape: "
+            f"{', '.join(f'{n}: {fmt(v, 2)}x' for n, v in r['ratios'].items())} "
+            f"(target <= 1.5): {verdict(r['pass'])}"
+        )
+    g = summary["growth_1024_to_4096"]
+    lines.append(
+        "- per-sequence time growth N=1024 -> 4096: "
+        + ", ".join(f"{k}: {fmt(v, 2)}x" for k, v in g["per_sequence_time_ratio"].items())
+        + f" (target linear <= ~5x, softmax ~16x): {verdict(g['pass'])}"
+    )
+    lines.append(
+        "- favor-rpe faster than softmax-rpe: "
+        + describe_crossover(summary["favor_rpe_beats_softmax_rpe"], max(tokens))
+    )
+    f = summary["fft_vs_quadratic"]
+    lines.append(
+        "- favor-rpe Toeplitz path, quadratic time / FFT time: "
+        + ", ".join(f"{n}: {fmt(v, 2)}" for n, v in f["quadratic_over_fft"].items())
+        + f"; FFT faster {describe_crossover(f['fft_faster_from'], max(tokens))} "
+        f"(current FFT_THRESHOLD = {f['current_fft_threshold']})"
+    )
+    m = summary["favor_rpe_memory_16384"]
+    lines.append(
+        f"- favor-rpe peak memory at N=16384 (B=1): {fmt(m['peak_mib'])} MiB "
+        f"(bound {m['bound_mib']} MiB): {verdict(m['pass'])}"
+    )
+    return "\n".join(lines)
+
+
+def plot(record: dict):
+    """Per-sequence time and peak memory against N, log-log."""
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    for label in record["settings"]["labels"]:
+        pts = [(r["tokens"], r["time_per_seq_ms"]) for r in record["rows"]
+               if r["label"] == label and r.get("time_per_seq_ms")]  # fmt: skip
+        mem = [(r["tokens"], r["peak_mib"]) for r in record["rows"]
+               if r["label"] == label and r.get("peak_mib")]  # fmt: skip
+        style = _style(label)
+        if pts:
+            left.plot(*zip(*pts, strict=True), label=label, **style)
+        if mem:
+            right.plot(*zip(*mem, strict=True), label=label, **style)
+    for axis, title in ((left, "fwd+bwd time per sequence (ms)"), (right, "peak memory (MiB)")):
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
+        axis.set_xlabel("patch tokens N")
+        axis.set_title(title)
+        axis.grid(True, which="both", alpha=0.3)
+    left.legend(fontsize=7, ncol=2)
+    figure.suptitle("One attention layer (B*N constant)")
+    return figure
+
+
+def _style(label: str) -> dict:
+    """Colour by position encoding, line style by kernel."""
+    colours = {"ape": "C0", "rpe": "C1", "string": "C2", "rope": "C3"}
+    lines = {"softmax": "-", "favor": "--", "relu": ":"}
+    kernel, _, rest = label.partition("-")
+    position, _, method = rest.partition("[")
+    style = {
+        "color": colours.get(position, "k"),
+        "linestyle": lines.get(kernel, "-"),
+        "marker": "o",
+    }
+    if method:
+        style.update(color="C4" if method.startswith("q") else "C5", marker="x")
+    return style
+
+
+def main(ctx: BenchContext) -> dict:
+    """Run, write ``layer.{json,md,png}``, return the record."""
+    record = run(ctx)
+    write_outputs(ctx, "layer", record, markdown(record), lambda: plot(record))
+    return record
