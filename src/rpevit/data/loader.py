@@ -106,24 +106,26 @@ class InMemoryLoader:
             len(split), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, even=even
         )
         self.batch_sampler = None  # DataLoader attributes Lightning inspects (set_epoch, shuffle)
-        self._position = 0  # batches yielded in the current epoch
-        self._resume_at = 0  # batches to skip at the next __iter__ (restored from a checkpoint)
+        # (epoch, batches yielded in it) of the running iteration, and of a restored checkpoint
+        self._progress = (0, 0)
+        self._resume: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         n = len(self.sampler)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
-        if epoch != self.sampler.epoch:
-            self._resume_at = self._position = 0
+        """Choose the epoch (order and augmentation); Lightning calls ``sampler.set_epoch``."""
         self.sampler.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        start, self._resume_at = self._resume_at, 0
-        if start >= len(self):
-            start = 0
-        order = self.sampler.indices()
         epoch, rank = self.sampler.epoch, self.sampler.rank
+        start = 0
+        if self._resume is not None and self._resume[0] == epoch:
+            start = self._resume[1]
+        self._resume = None
+        self._progress = (epoch, start)
+        order = self.sampler.indices()
         non_blocking = self.device.type == "cuda"
         for i in range(start, len(self)):
             index = order[i * self.batch_size : (i + 1) * self.batch_size]
@@ -132,12 +134,18 @@ class InMemoryLoader:
             generator = None
             if self.augment:
                 generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch, rank, i))
-            self._position = i + 1
+            self._progress = (epoch, i + 1)
             yield self.transform(images, generator), labels
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.sampler.epoch, "batches": self._position}
+        """Epoch and number of batches already yielded in it."""
+        epoch, done = self._progress
+        if epoch != self.sampler.epoch:  # a new epoch was set but has not started yet
+            epoch, done = self.sampler.epoch, 0
+        return {"epoch": epoch, "batches": done}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.sampler.set_epoch(int(state["epoch"]))
-        self._resume_at = self._position = int(state["batches"])
+        """Make the next iteration of ``state['epoch']`` skip the batches already yielded."""
+        self._resume = (int(state["epoch"]), int(state["batches"]))
+        self.sampler.set_epoch(self._resume[0])
+        self._progress = self._resume

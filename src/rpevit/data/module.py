@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import lightning as L
 import torch
@@ -48,6 +49,8 @@ class ImageDataModule(L.LightningDataModule):
         self.download, self.image_size, self.in_chans = download, image_size, in_chans
         self.num_workers, self.device = num_workers, device
         self.data: ImageDataset | None = None
+        self._train_loader: InMemoryLoader | None = None
+        self._train_state: dict[str, int] | None = None
 
     def prepare_data(self) -> None:
         """Read (downloading if needed) on the first process; ``setup`` reuses the result."""
@@ -105,7 +108,26 @@ class ImageDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> InMemoryLoader:
-        return self.loader("train", train=True)
+        loader = self.loader("train", train=True)
+        if self._train_state is not None:
+            loader.load_state_dict(self._train_state)
+            self._train_state = None
+        self._train_loader = loader
+        return loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position of the training iterator, saved by Lightning in every checkpoint.
+
+        Kept here as well as in the loader itself because Lightning may create the training
+        loader (e.g. for ``estimated_stepping_batches``) before it restores loop states,
+        whereas data modules are restored first.
+        """
+        return {"train_loader": self._train_loader.state_dict()} if self._train_loader else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._train_state = state_dict.get("train_loader")
+        if self._train_loader is not None and self._train_state is not None:
+            self._train_loader.load_state_dict(self._train_state)
 
     def val_dataloader(self) -> InMemoryLoader:
         return self.loader("val")

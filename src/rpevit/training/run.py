@@ -140,23 +140,28 @@ def build_trainer(
     if deterministic is None:  # CPU kernels are deterministic; some GPU ones only warn
         deterministic = True if accelerator == "cpu" else "warn"
     ckpt_dir = run_dir / CHECKPOINT_DIR
-    best = ModelCheckpoint(
-        dirpath=ckpt_dir,
-        filename=Path(BEST).stem,
-        monitor="val/acc",
-        mode="max",
-        save_top_k=1,
-        auto_insert_metric_name=False,
-        enable_version_counter=False,
-    )
-    last = ModelCheckpoint(
-        dirpath=ckpt_dir,
-        save_top_k=0,
-        save_last=True,
-        every_n_train_steps=config.checkpoint_every_n_steps,
-        every_n_epochs=1,
-        enable_version_counter=False,
-    )
+    checkpoints = [
+        ModelCheckpoint(  # best.ckpt, plus last.ckpt after every validation
+            dirpath=ckpt_dir,
+            filename=Path(BEST).stem,
+            monitor="val/acc",
+            mode="max",
+            save_top_k=1,
+            save_last=True,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+        )
+    ]
+    if config.checkpoint_every_n_steps:  # last.ckpt also every N steps, mid-epoch included
+        checkpoints.append(
+            ModelCheckpoint(
+                dirpath=ckpt_dir,
+                save_top_k=0,
+                save_last=True,
+                every_n_train_steps=config.checkpoint_every_n_steps,
+                enable_version_counter=False,
+            )
+        )
     loggers = [
         TensorBoardLogger(run_dir, name="logs", version="tensorboard", default_hp_metric=False),
         CSVLogger(run_dir, name="logs", version="csv"),
@@ -172,7 +177,7 @@ def build_trainer(
             max_steps=config.max_steps or -1,
             gradient_clip_val=config.grad_clip,
             deterministic=deterministic,
-            callbacks=[best, last, LearningRateMonitor("step"), *callbacks],
+            callbacks=[*checkpoints, LearningRateMonitor("step"), *callbacks],
             logger=loggers,
             default_root_dir=run_dir,
             log_every_n_steps=config.log_every_n_steps,

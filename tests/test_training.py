@@ -1,0 +1,266 @@
+"""Training: schedule, weight-decay groups, config checks, errors, end-to-end and exact resume."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import lightning as L
+import pytest
+import torch
+from conftest import shared_data_dir
+
+from rpevit import create_model
+from rpevit.errors import CheckpointError, ConfigError, DataNotFoundError
+from rpevit.training import (
+    add_evaluate_arguments,
+    add_train_arguments,
+    config_from_args,
+    evaluate,
+    load_checkpoint,
+    param_groups,
+    resolve_config,
+    train,
+    warmup_cosine,
+)
+from rpevit.training.config import check_precision
+
+METRIC_KEYS = {
+    "model",
+    "dataset",
+    "seed",
+    "epochs",
+    "val_accuracy",
+    "test_accuracy",
+    "test_top5_accuracy",
+    "precision_macro",
+    "recall_macro",
+    "f1_macro",
+    "per_class",
+    "log_likelihood",
+    "mean_nll",
+    "aic",
+    "bic",
+    "params",
+    "flops_per_image",
+    "train_seconds_per_epoch",
+    "inference_ms_per_sample",
+    "inference_batch_size",
+    "peak_memory_mb",
+    "device",
+    "torch_version",
+    "git_commit",
+    "config",
+}
+
+TINY = dict(patch_size=7, dim=32, depth=1, heads=2, mlp_dim=64)
+
+
+def test_warmup_then_cosine():
+    assert warmup_cosine(0, 10, 110, 0.0) == pytest.approx(0.1)
+    assert warmup_cosine(9, 10, 110, 0.0) == pytest.approx(1.0)
+    assert warmup_cosine(10, 10, 110, 0.0) == pytest.approx(1.0)
+    assert warmup_cosine(60, 10, 110, 0.0) == pytest.approx(0.5)
+    assert warmup_cosine(110, 10, 110, 0.1) == pytest.approx(0.1)
+    assert warmup_cosine(0, 0, 100, 0.0) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [("softmax-rpe", {}), ("favor-string", {}), ("relu-rope", {"rope_mode": "mixed"})],
+)
+def test_no_weight_decay_on_norms_biases_positions_and_cls(name, options):
+    model = create_model(name, image_size=28, in_chans=1, num_classes=10, **TINY, **options)
+    decay, no_decay = param_groups(model, 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    kept = {names[id(p)] for p in no_decay["params"]}
+    assert decayed | kept == set(names.values()) and not decayed & kept
+    assert {"cls_token", "pos_embed", "blocks.0.norm1.weight", "blocks.0.attn.qkv.bias"} <= kept
+    assert any(".attn.position." in n for n in kept)
+    assert {"blocks.0.attn.qkv.weight", "blocks.0.mlp.0.weight", "head.weight"} <= decayed
+    assert not any("position" in n or "pos_embed" in n for n in decayed)
+
+
+def test_presets_fill_only_unset_fields():
+    config = resolve_config({"model": "relu-ape", "preset": "quick", "dim": 48})
+    assert (config.patch_size, config.dim, config.heads, config.epochs) == (7, 48, 4, 3)
+    paper = resolve_config({"model": "softmax-ape", "dataset": "cifar10"})
+    assert (paper.patch_size, paper.dim, paper.depth, paper.mlp_dim, paper.epochs) == (
+        4,
+        256,
+        6,
+        512,
+        100,
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"model": "linear-ape"}, "unknown model"),
+        ({"dataset": "svhn"}, "unknown dataset"),
+        ({"preset": "huge"}, "unknown preset"),
+        ({"patch_size": 5}, "does not divide"),
+        ({"dim": 30, "heads": 4}, "not divisible"),
+        ({"epochs": 0}, "epochs must be positive"),
+        ({"precision": "8-bit"}, "unknown precision"),
+        ({"bogus": 1}, "unknown config field"),
+    ],
+)
+def test_bad_configs_are_user_errors(change, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_config({"model": "relu-ape", **change})
+
+
+def test_fp16_needs_a_gpu():
+    check_precision("bf16-mixed", "cpu")
+    with pytest.raises(ConfigError, match="needs a GPU"):
+        check_precision("16-mixed", "cpu")
+
+
+def test_cli_arguments_become_a_config():
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    args = parser.parse_args(
+        "--model favor-rope --preset quick --nb-features 16 --no-ape --devices 0,1 "
+        "--option rope_mode=mixed --option rope_base=50 --lr 0.01 --resume".split()
+    )
+    config = config_from_args(args)
+    assert config.model == "favor-rope" and config.lr == 0.01 and config.resume is True
+    assert config.devices == [0, 1] and config.dim is None  # preset decides later
+    assert config.model_options == {
+        "nb_features": 16,
+        "ape": False,
+        "rope_mode": "mixed",
+        "rope_base": 50,
+    }
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--devices", "two"])
+    evaluate_parser = argparse.ArgumentParser()
+    add_evaluate_arguments(evaluate_parser)
+    assert evaluate_parser.parse_args(["runs/x"]).device == "auto"
+
+
+def test_missing_or_corrupt_checkpoints(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nope.ckpt")
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_checkpoint(bad)
+    torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
+    with pytest.raises(CheckpointError, match="not an rpevit training checkpoint"):
+        load_checkpoint(tmp_path / "foreign.ckpt")
+    with pytest.raises(CheckpointError, match="no checkpoints/best.ckpt"):
+        evaluate(tmp_path)
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        train({"model": "relu-ape", "out": str(tmp_path), "resume": True, **TINY})
+
+
+def test_missing_data_fails_before_training(tmp_path):
+    config = {
+        "model": "relu-ape",
+        "data_dir": str(tmp_path),
+        "download": False,
+        "out": str(tmp_path),
+    }
+    with pytest.raises(DataNotFoundError, match="MNIST/raw/"):
+        train(config)
+
+
+# --- real training on a slice of MNIST -----
+
+
+def tiny_run(tmp_path, **overrides) -> dict:
+    root = shared_data_dir()
+    if root is None:
+        pytest.skip("shared MNIST data not found")
+    config = dict(
+        model="relu-ape",
+        dataset="mnist",
+        preset="quick",
+        data_dir=str(root),
+        out=str(tmp_path),
+        max_train_samples=640,
+        max_val_samples=256,
+        max_test_samples=500,
+        batch_size=64,
+        epochs=3,
+        lr=3e-3,
+        warmup_epochs=0.5,
+        progress_bar=False,
+        log_every_n_steps=5,
+        inference_batch_size=32,
+    )
+    return {**config, **overrides}
+
+
+def test_end_to_end_training_writes_a_complete_run(tmp_path):
+    metrics = train(tiny_run(tmp_path, run_name="e2e", max_train_samples=2048, epochs=4, lr=5e-3))
+    run = tmp_path / "e2e"
+    for name in ("config.json", "metrics.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt"):
+        assert (run / name).is_file(), name
+    assert (run / "logs" / "csv" / "metrics.csv").is_file()
+    assert any((run / "logs" / "tensorboard").glob("events.out.tfevents.*"))
+    on_disk = json.loads((run / "metrics.json").read_text())
+    assert METRIC_KEYS <= set(on_disk)
+    assert on_disk["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    assert metrics["test_accuracy"] > 0.5  # chance is 0.1; a full quick run reaches 0.97
+    assert metrics["params"]["trainable"] > 0 and metrics["flops_per_image"] > 0
+    assert (
+        len(metrics["per_class"]) == 10 and sum(c["support"] for c in metrics["per_class"]) == 500
+    )
+    assert metrics["aic"] == pytest.approx(
+        2 * metrics["params"]["trainable"] - 2 * metrics["log_likelihood"]
+    )
+    assert metrics["train_seconds_per_epoch"] > 0 and len(metrics["train_seconds_epochs"]) == 4
+    assert json.loads((run / "config.json").read_text())["dim"] == 64
+
+    again = evaluate(run)  # the stand-alone evaluation reproduces the numbers
+    assert again["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    assert again["log_likelihood"] == pytest.approx(metrics["log_likelihood"], rel=1e-6)
+    assert again["train_seconds_per_epoch"] == pytest.approx(metrics["train_seconds_per_epoch"])
+
+    with pytest.raises(ConfigError, match="already has checkpoints"):
+        train(tiny_run(tmp_path, run_name="e2e"))
+
+
+class Crash(L.Callback):
+    """Simulates a crash after ``step`` optimizer steps."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError("simulated crash")
+
+
+def test_resume_mid_epoch_gives_identical_results(tmp_path):
+    # FAVOR+ with feature redraws and dropout: exactness needs the feature buffers, the
+    # data order, the augmentation and the global RNG to be restored, not just the weights.
+    overrides = dict(
+        model="favor-ape",
+        max_train_samples=320,
+        epochs=2,
+        checkpoint_every_n_steps=3,
+        model_options={"redraw_interval": 2, "dropout": 0.1, "nb_features": 16},
+        **TINY,
+    )
+    reference = train(tiny_run(tmp_path, run_name="straight", **overrides))  # 5 steps/epoch
+
+    config = tiny_run(tmp_path, run_name="crashed", **overrides)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(config, callbacks=[Crash(step=5)])
+    # last.ckpt is from step 3 of the first epoch's 5, saved before the crash
+    assert load_checkpoint(tmp_path / "crashed" / "checkpoints" / "last.ckpt")["global_step"] == 3
+    resumed = train({**config, "resume": True})
+
+    for key in ("val_accuracy", "test_accuracy", "log_likelihood", "f1_macro", "checkpoint_step"):
+        assert resumed[key] == reference[key], key
+    straight = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.ckpt")["state_dict"]
+    crashed = load_checkpoint(tmp_path / "crashed" / "checkpoints" / "last.ckpt")["state_dict"]
+    assert straight.keys() == crashed.keys()
+    assert all(torch.equal(straight[k], crashed[k]) for k in straight)
