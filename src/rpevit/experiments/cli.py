@@ -1,0 +1,90 @@
+"""Arguments and handler of the ``rpevit grid`` sub-command.
+
+Every ``rpevit train`` option is accepted and passed to each run, except those the grid sets
+per run itself (``--model``, ``--seed``, ``--run-name``, ``--resume``) and ``--out``, which
+here names the grid folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from rpevit.errors import ConfigError
+from rpevit.experiments.grid import parse_shard, run_grid
+from rpevit.registry import CORE_MODELS, list_available_models
+from rpevit.training.cli import add_train_arguments, config_from_args
+
+#: ``rpevit train`` options that the grid decides per run (or, for --out, redefines).
+GRID_OWNED = ("--model", "--seed", "--run-name", "--resume", "--out")
+
+
+class _WithoutOptions:
+    """Stands in for a parser or argument group and drops arguments named in ``skip``, so
+    ``add_train_arguments`` can add everything else without a copy of its option list."""
+
+    def __init__(self, target: Any, skip: tuple[str, ...]) -> None:
+        self._target, self._skip = target, skip
+
+    def add_argument_group(self, *args: Any, **kwargs: Any) -> _WithoutOptions:
+        return _WithoutOptions(self._target.add_argument_group(*args, **kwargs), self._skip)
+
+    def add_argument(self, *names: str, **kwargs: Any) -> argparse.Action | None:
+        if any(name in self._skip for name in names):
+            return None
+        return self._target.add_argument(*names, **kwargs)
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("expected at least one seed")
+    return seeds
+
+
+def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``rpevit grid``: the grid's own, then every ``rpevit train`` option."""
+    g = parser.add_argument_group("grid")
+    g.add_argument(
+        "--models",
+        default="all",
+        help="'all' (the 12 core variants), 'registry' (every registered model) or a "
+        "comma-separated list, e.g. softmax-ape,favor-rpe",
+    )
+    g.add_argument(
+        "--seeds", type=_seeds, default=[42], help="comma-separated training seeds (default 42)"
+    )
+    g.add_argument(
+        "--out",
+        help="grid folder; runs go to <out>/<model>/seed<seed> "
+        "(default: runs/grid-<dataset>-<preset>)",
+    )
+    g.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="run only the I-th (1-based) of N round-robin slices of the sorted run list",
+    )
+    add_train_arguments(_WithoutOptions(parser, GRID_OWNED))  # type: ignore[arg-type]
+
+
+def run_grid_command(args: argparse.Namespace) -> int:
+    """Handler of ``rpevit grid``: 0 if every run of the grid (or shard) finished, else 1."""
+    if args.models == "all":
+        models = list(CORE_MODELS)
+    elif args.models == "registry":
+        models = list_available_models()
+    else:
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not models:
+        raise ConfigError("--models is empty; pass 'all' or model names")
+    train_args = argparse.Namespace(**{**vars(args), "resume": None, "out": None})
+    config = config_from_args(train_args)
+    shard = parse_shard(args.shard) if args.shard else None
+    summary = run_grid(config, models=models, seeds=args.seeds, out=args.out, shard=shard)
+    unfinished = [r for r in summary["runs"] if r["selected"] and r["status"] != "finished"]
+    return 1 if unfinished else 0

@@ -1,0 +1,305 @@
+"""Train and evaluate a grid of model variants x seeds, resumably and shardably.
+
+A grid lives in one folder, one run folder per (model, seed)::
+
+    <out>/<model>/seed<seed>/    a training run (config.json, checkpoints/, logs/, metrics.json)
+    <out>/grid_summary.json      status of every run (grid_summary.shard-I-of-N.json per shard)
+
+Re-running the same command skips finished runs (valid ``metrics.json``), resumes interrupted
+ones from ``checkpoints/last.ckpt`` and starts the rest, so a crashed grid continues where it
+stopped. ``shard=(i, n)`` takes every n-th run of the sorted run list, starting at the i-th
+(1-based), so the n shards of a job array partition the grid exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from rpevit.errors import ConfigError
+from rpevit.metrics import write_json_atomic
+from rpevit.registry import CORE_MODELS, list_available_models
+from rpevit.training import TrainConfig, resolve_config, train
+from rpevit.training.config import RUN_IDENTITY
+from rpevit.training.run import CHECKPOINT_DIR, LAST
+
+#: Config fields that must agree between an existing run folder and the grid's config: the run
+#: identity plus the training length (a finished shorter run is not the requested result).
+GRID_IDENTITY = (*RUN_IDENTITY, "epochs", "max_steps")
+
+#: Where Lightning's CSVLogger writes; it deletes ``metrics.csv`` when a run resumes, so the
+#: grid first moves it to ``metrics-before-resume-<k>.csv`` (the report reads all of them).
+CSV_LOG_DIR = Path("logs") / "csv"
+
+
+@dataclass(frozen=True, order=True)
+class GridRun:
+    """One cell of the grid: a model variant trained with one seed."""
+
+    model: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}/seed{self.seed}"
+
+
+def plan_grid(models: Sequence[str], seeds: Sequence[int]) -> list[GridRun]:
+    """Every (model, seed) pair, sorted, without duplicates; unknown models raise ConfigError."""
+    available = list_available_models()
+    unknown = [m for m in models if m not in available]
+    if unknown:
+        raise ConfigError(
+            f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(available)}"
+        )
+    if not models or not seeds:
+        raise ConfigError("a grid needs at least one model and one seed")
+    return sorted({GridRun(m, int(s)) for m in models for s in seeds})
+
+
+def shard_runs(runs: Sequence[GridRun], index: int, count: int) -> list[GridRun]:
+    """The ``index``-th (1-based) of ``count`` round-robin slices of the sorted run list."""
+    if not 1 <= index <= count:
+        raise ConfigError(f"shard {index}/{count}: need 1 <= I <= N")
+    return sorted(runs)[index - 1 :: count]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` (1-based, e.g. ``2/4``) -> ``(I, N)``."""
+    index, sep, count = text.partition("/")
+    try:
+        shard = int(index), int(count)
+    except ValueError:
+        shard = None
+    if not sep or shard is None or not 1 <= shard[0] <= shard[1]:
+        raise ConfigError(f"--shard expects I/N with 1 <= I <= N (e.g. 1/4), got {text!r}")
+    return shard
+
+
+def run_folder(out: Path, run: GridRun) -> Path:
+    """``<out>/<model>/seed<seed>``."""
+    return out / run.model / f"seed{run.seed}"
+
+
+def run_config(base: TrainConfig, run: GridRun, out: Path) -> TrainConfig:
+    """The training config of one run: ``base`` with the run's model, seed and folder."""
+    return dataclasses.replace(
+        base,
+        model=run.model,
+        seed=run.seed,
+        out=str(out / run.model),
+        run_name=f"seed{run.seed}",
+        resume=None,
+        model_options=dict(base.model_options),
+    )
+
+
+def read_metrics(run_dir: Path, run: GridRun | None = None) -> dict[str, Any] | None:
+    """The run's ``metrics.json`` if it is a complete result (of ``run``, if given), else None."""
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("test_accuracy"), float):
+        return None
+    if run is not None and (metrics.get("model"), metrics.get("seed")) != (run.model, run.seed):
+        return None
+    return metrics
+
+
+def _stored_config(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        stored = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return stored if isinstance(stored, dict) else None
+
+
+def config_mismatch(run_dir: Path, config: TrainConfig) -> list[str]:
+    """Grid-identity fields in which an existing run folder differs from ``config``."""
+    stored = _stored_config(run_dir)
+    if stored is None:
+        return []
+    current = config.to_dict()
+    return [
+        f"{key}: {stored[key]!r} in the folder, {current[key]!r} now"
+        for key in GRID_IDENTITY
+        if key in stored and stored[key] != current[key]
+    ]
+
+
+def run_state(run_dir: Path, run: GridRun) -> str:
+    """``finished`` (valid metrics), ``partial`` (has last.ckpt) or ``pending``."""
+    if read_metrics(run_dir, run) is not None:
+        return "finished"
+    if (run_dir / CHECKPOINT_DIR / LAST).is_file():
+        return "partial"
+    return "pending"
+
+
+def _keep_csv_log(run_dir: Path) -> None:
+    """Move ``metrics.csv`` aside before a resume, which would otherwise delete it."""
+    log = run_dir / CSV_LOG_DIR / "metrics.csv"
+    if log.is_file():
+        k = len(list(log.parent.glob("metrics-before-resume-*.csv"))) + 1
+        log.rename(log.with_name(f"metrics-before-resume-{k}.csv"))
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def summary_path(out: Path, shard: tuple[int, int] | None) -> Path:
+    """``grid_summary.json``, or one file per shard so parallel shards never overwrite."""
+    if shard is None:
+        return out / "grid_summary.json"
+    return out / f"grid_summary.shard-{shard[0]}-of-{shard[1]}.json"
+
+
+def run_grid(
+    config: TrainConfig | Mapping[str, Any],
+    *,
+    models: Sequence[str] | None = None,
+    seeds: Sequence[int] = (42,),
+    out: str | Path | None = None,
+    shard: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """Train and evaluate every ``models`` x ``seeds`` run (default: the 12 core variants, seed 42).
+
+    ``config`` holds everything else (data set, preset, sizes, epochs, ...); its ``model``,
+    ``seed``, ``run_name`` and ``resume`` are set per run, and ``overwrite=True`` retrains
+    every selected run from scratch. Finished runs are skipped, interrupted ones resumed.
+    A run that fails is recorded and the grid goes on. Returns the summary also written to
+    :func:`summary_path` (atomically, after every run).
+    """
+    base = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+    models = list(models) if models else list(CORE_MODELS)
+    out = Path(out) if out is not None else Path("runs") / f"grid-{base.dataset}-{base.preset}"
+    runs = plan_grid(models, seeds)
+    selected = shard_runs(runs, *shard) if shard else runs
+    configs = {run: resolve_config(run_config(base, run, out)) for run in selected}
+    conflicts = [
+        f"{run.name} ({'; '.join(diff)})"
+        for run, cfg in configs.items()
+        if not cfg.overwrite and (diff := config_mismatch(cfg.run_dir, cfg))
+    ]
+    if conflicts:
+        raise ConfigError(
+            f"{out} holds runs with another configuration: {', '.join(conflicts)}; "
+            "choose another --out, or pass --overwrite to retrain them"
+        )
+
+    start = time.perf_counter()
+    records = {
+        run: {
+            "model": run.model,
+            "seed": run.seed,
+            "run_dir": str(run_folder(out, run)),
+            "selected": run in configs,
+            "status": run_state(run_folder(out, run), run),
+        }
+        for run in runs
+    }
+    summary: dict[str, Any] = {
+        "dataset": base.dataset,
+        "preset": base.preset,
+        "out": str(out),
+        "models": sorted(set(models)),
+        "seeds": sorted({int(s) for s in seeds}),
+        "shard": list(shard) if shard else None,
+        "started": _now(),
+        "base_config": {
+            k: v for k, v in base.to_dict().items() if k not in ("model", "seed", "run_name")
+        },
+    }
+
+    def save() -> None:
+        summary["updated"] = _now()
+        summary["elapsed_seconds"] = time.perf_counter() - start
+        summary["runs"] = [records[run] for run in runs]
+        counts: dict[str, int] = {}
+        for record in summary["runs"]:
+            counts[record["status"]] = counts.get(record["status"], 0) + 1
+        summary["counts"] = counts
+        write_json_atomic(summary_path(out, shard), summary)
+
+    shard_note = f" (shard {shard[0]}/{shard[1]} of {len(runs)} runs)" if shard else ""
+    print(f"grid {out}: {len(selected)} runs{shard_note}, {base.dataset}, preset {base.preset}")
+    trained_seconds: list[float] = []
+    for k, run in enumerate(selected, 1):
+        cfg, record = configs[run], records[run]
+        head = f"[{k}/{len(selected)}] {run.model} seed {run.seed}"
+        state = "pending" if cfg.overwrite else run_state(cfg.run_dir, run)
+        if state == "finished":
+            metrics = read_metrics(cfg.run_dir, run) or {}
+            record.update(
+                status="finished",
+                test_accuracy=metrics["test_accuracy"],
+                val_accuracy=metrics.get("val_accuracy"),
+            )
+            print(f"{head}: already finished (test acc {metrics['test_accuracy']:.4f}), skipped")
+            continue
+        if state == "partial":
+            _keep_csv_log(cfg.run_dir)
+            cfg = dataclasses.replace(cfg, resume=True)
+        elif cfg.run_dir.exists():  # checkpoints without last.ckpt: nothing to resume from
+            cfg = dataclasses.replace(cfg, overwrite=True)
+        remaining = len(selected) - k + 1
+        eta = (
+            f", ~{_duration(remaining * sum(trained_seconds) / len(trained_seconds))} left"
+            if trained_seconds
+            else ""
+        )
+        print(
+            f"{head}: {'resuming' if state == 'partial' else 'training'} "
+            f"(elapsed {_duration(time.perf_counter() - start)}{eta})",
+            flush=True,
+        )
+        record.update(status="running", started=_now())
+        save()
+        run_start = time.perf_counter()
+        try:
+            metrics = train(cfg)
+        except Exception as error:  # one failed run must not stop the grid
+            traceback.print_exc()
+            record.update(status="failed", error=f"{type(error).__name__}: {error}")
+            print(f"{head}: FAILED ({type(error).__name__}: {error})", flush=True)
+            save()
+            continue
+        seconds = time.perf_counter() - run_start
+        trained_seconds.append(seconds)
+        record.update(
+            status="finished",
+            resumed=state == "partial",
+            seconds=seconds,
+            test_accuracy=metrics.get("test_accuracy"),
+            val_accuracy=metrics.get("val_accuracy"),
+        )
+        print(
+            f"{head}: done in {_duration(seconds)}, test acc {metrics['test_accuracy']:.4f}, "
+            f"val acc {metrics['val_accuracy']:.4f} "
+            f"(elapsed {_duration(time.perf_counter() - start)})",
+            flush=True,
+        )
+        save()
+    save()
+    counts = summary["counts"]
+    print(
+        f"grid {out}: {counts.get('finished', 0)}/{len(runs)} runs finished"
+        + (f", {counts['failed']} failed" if counts.get("failed") else "")
+        + f"; summary in {summary_path(out, shard)}"
+    )
+    return summary

@@ -1,0 +1,20 @@
+"""Results tables (Markdown, CSV) and figures built from finished run folders."""
+
+from rpevit.report.attention import attention_weights, cls_attention_map
+from rpevit.report.build import add_report_arguments, build_report, run_report_command
+from rpevit.report.runs import Run, load_runs, read_curves
+from rpevit.report.tables import gap_closed, mean_std, summarise
+
+__all__ = [
+    "Run",
+    "add_report_arguments",
+    "attention_weights",
+    "build_report",
+    "cls_attention_map",
+    "gap_closed",
+    "load_runs",
+    "mean_std",
+    "read_curves",
+    "run_report_command",
+    "summarise",
+]

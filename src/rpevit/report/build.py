@@ -1,0 +1,144 @@
+"""``rpevit report``: results tables and figures built from run folders alone."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rpevit.data import load_dataset
+from rpevit.data.augment import normalize
+from rpevit.errors import RpevitError
+from rpevit.metrics import write_json_atomic
+from rpevit.report.attention import cls_attention_map
+from rpevit.report.plots import plot_attention_maps, plot_curves, plot_heatmap, plot_tradeoff
+from rpevit.report.runs import Run, load_runs
+from rpevit.report.tables import gap_closed_table, markdown, summarise, write_csv
+from rpevit.training.module import ImageClassifier
+from rpevit.training.run import find_checkpoint, load_checkpoint
+
+
+def _test_image(run: Run, data_dir: str | Path | None, index: int) -> tuple[Any, Any, int]:
+    """The raw test image ``index`` of the runs' data set, its normalised tensor and label."""
+    config = run.config
+    data = load_dataset(
+        run.dataset,
+        data_dir if data_dir is not None else config.get("data_dir"),
+        split_seed=config.get("split_seed", 42),
+        download=False,
+        image_size=config.get("image_size"),
+        in_chans=config.get("in_chans"),
+    )
+    if not 0 <= index < len(data.test):
+        raise IndexError(f"test image {index} out of range (test split has {len(data.test)})")
+    image = data.test.images[index]
+    x = normalize(image.unsqueeze(0), data.spec.mean, data.spec.std)[0]
+    return image, x, int(data.test.labels[index])
+
+
+def attention_maps(
+    runs: Sequence[Run], image: Any
+) -> tuple[dict[str, np.ndarray | str], list[str]]:
+    """Per model (its lowest-seed run's best checkpoint): the last layer's CLS attention map,
+    mean over heads, or a short note why there is none; plus notes for the report."""
+    maps: dict[str, np.ndarray | str] = {}
+    notes = []
+    for run in runs:
+        if run.model in maps:
+            continue
+        try:
+            checkpoint = load_checkpoint(find_checkpoint(run.path))
+            module = ImageClassifier(**checkpoint["hyper_parameters"])
+            module.load_state_dict(checkpoint["state_dict"])
+            maps[run.model] = cls_attention_map(module.model, image).mean(dim=0).numpy()
+        except (RpevitError, TypeError, ValueError, RuntimeError, KeyError) as error:
+            maps[run.model] = "n/a: " + str(error).split(";")[0][:80]
+            notes.append(f"attention map of {run.model} skipped: {error}")
+    return maps, notes
+
+
+def build_report(
+    runs_dir: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    data_dir: str | Path | None = None,
+    image_index: int = 0,
+) -> dict[str, Any]:
+    """Write ``results.md``, ``results.csv``, ``report.json`` and the PNG figures for the runs
+    below ``runs_dir`` into ``out_dir`` (default ``<runs_dir>/report``); return the summary.
+
+    ``data_dir`` (default: the runs' own) and ``image_index`` select the test image whose
+    attention maps are drawn; without the data the attention figure is skipped with a note.
+    """
+    runs_dir = Path(runs_dir)
+    out = Path(out_dir) if out_dir is not None else runs_dir / "report"
+    runs, notes = load_runs(runs_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = summarise(runs)
+    dataset = runs[0].dataset
+
+    plots = [
+        plot_curves(runs, out / "curves.png"),
+        plot_tradeoff(rows, out / "tradeoff.png"),
+        plot_heatmap(rows, out / "accuracy_heatmap.png"),
+    ]
+    try:
+        raw, image, label = _test_image(runs[0], data_dir, image_index)
+    except (RpevitError, OSError, IndexError) as error:
+        notes.append(f"attention maps skipped: cannot load test image {image_index} ({error})")
+    else:
+        maps, map_notes = attention_maps(runs, image)
+        notes += map_notes
+        plots.append(
+            plot_attention_maps(
+                raw.float().numpy() / 255,
+                maps,
+                out / "attention_maps.png",
+                f"CLS attention to patches, last layer, mean over heads ({dataset} test "
+                f"image {image_index}, label {label}; best checkpoint, lowest seed)",
+            )
+        )
+    plots = [p for p in plots if p is not None]
+    if not any(run.curves for run in runs):
+        notes.append("no validation curves: no run has CSV logs with val/loss, val/acc")
+
+    title = f"Results: {dataset}, {len(runs)} runs of {len(rows)} models"
+    (out / "results.md").write_text(markdown(rows, title, notes, [str(p) for p in plots]))
+    write_csv(rows, out / "results.csv")
+    summary = {
+        "runs_dir": str(runs_dir),
+        "dataset": dataset,
+        "num_runs": len(runs),
+        "rows": rows,
+        "gap_closed": gap_closed_table(rows),
+        "notes": notes,
+        "files": [str(out / "results.md"), str(out / "results.csv"), *map(str, plots)],
+    }
+    write_json_atomic(out / "report.json", summary)
+    return summary
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``rpevit report``."""
+    parser.add_argument("runs_dir", help="folder holding run folders (e.g. a grid's --out)")
+    parser.add_argument("--out", help="output folder (default: RUNS_DIR/report)")
+    parser.add_argument(
+        "--data-dir", help="data folder for the attention-map image (default: the runs' own)"
+    )
+    parser.add_argument(
+        "--image-index", type=int, default=0, help="test image for the attention maps (default 0)"
+    )
+
+
+def run_report_command(args: argparse.Namespace) -> int:
+    """Handler of ``rpevit report``: build the report, print where it is and any notes."""
+    summary = build_report(
+        args.runs_dir, args.out, data_dir=args.data_dir, image_index=args.image_index
+    )
+    for note in summary["notes"]:
+        print(f"note: {note}")
+    print(f"report of {summary['num_runs']} runs: {', '.join(summary['files'])}")
+    return 0

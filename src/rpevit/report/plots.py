@@ -1,0 +1,216 @@
+"""Report figures, drawn with matplotlib's Agg canvas (no display, no global pyplot state).
+
+Colour encodes the position encoding and line style / marker the attention kernel, the same
+in every figure, so a variant looks alike across plots.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from rpevit.report.runs import Run
+from rpevit.report.tables import model_order
+
+CORE_KERNELS = ("softmax", "favor", "relu")
+CORE_POSITIONS = ("ape", "rpe", "string", "rope")
+LINE_STYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P")
+DPI = 150
+
+
+def kernels_and_positions(models: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Kernel and position names to lay out: the core ones, then any others present."""
+    kernels, positions = list(CORE_KERNELS), list(CORE_POSITIONS)
+    for model in models:
+        kernel, _, position = model.partition("-")
+        kernels += [kernel] if kernel not in kernels else []
+        positions += [position] if position not in positions else []
+    return kernels, positions
+
+
+def _style(model: str, models: Sequence[str]) -> dict[str, Any]:
+    kernels, positions = kernels_and_positions(models)
+    kernel, _, position = model.partition("-")
+    k, p = kernels.index(kernel), positions.index(position)
+    return {
+        "color": f"C{p % 10}",
+        "linestyle": LINE_STYLES[k % len(LINE_STYLES)],
+        "marker": MARKERS[k % len(MARKERS)],
+    }
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    return path
+
+
+def plot_curves(runs: Sequence[Run], path: Path) -> Path | None:
+    """Validation loss and accuracy per epoch for every variant (mean over its seeds);
+    None if no run logged a validation curve."""
+    by_model: dict[str, list[Run]] = {}
+    for run in runs:
+        if run.curves:
+            by_model.setdefault(run.model, []).append(run)
+    if not by_model:
+        return None
+    models = model_order(by_model)
+    fig = Figure(figsize=(13, 5), layout="constrained")
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    for model in models:
+        epochs = sorted({e for run in by_model[model] for e in run.curves})
+        for ax, key, scale in ((loss_ax, "val_loss", 1.0), (acc_ax, "val_acc", 100.0)):
+            points = [
+                (e + 1, np.mean(values) * scale)
+                for e in epochs
+                if (
+                    values := [
+                        r.curves[e][key] for r in by_model[model] if key in r.curves.get(e, {})
+                    ]
+                )
+            ]
+            if points:
+                x, y = zip(*points, strict=True)
+                ax.plot(x, y, label=model, markersize=4, **_style(model, models))
+    loss_ax.set(title="Validation loss", xlabel="epoch", ylabel="cross-entropy")
+    acc_ax.set(title="Validation accuracy", xlabel="epoch", ylabel="accuracy (%)")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    acc_ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, title="model")
+    seeds = max(len(v) for v in by_model.values())
+    fig.suptitle("Validation curves" + (" (mean over seeds)" if seeds > 1 else ""))
+    return _save(fig, path)
+
+
+def plot_tradeoff(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
+    """Test accuracy against inference time per sample, one labelled point per variant
+    (error bars: std over seeds); None if no row has both numbers."""
+    rows = [
+        r
+        for r in rows
+        if r["test_accuracy_mean"] is not None and r["inference_ms_per_sample_mean"] is not None
+    ]
+    if not rows:
+        return None
+    models = [r["model"] for r in rows]
+    fig = Figure(figsize=(9, 6), layout="constrained")
+    ax = fig.subplots()
+    for row in rows:
+        style = _style(row["model"], models)
+        ax.errorbar(
+            row["inference_ms_per_sample_mean"],
+            100 * row["test_accuracy_mean"],
+            xerr=row["inference_ms_per_sample_std"],
+            yerr=None if row["test_accuracy_std"] is None else 100 * row["test_accuracy_std"],
+            color=style["color"],
+            marker=style["marker"],
+            markersize=8,
+            linestyle="none",
+            capsize=3,
+        )
+        ax.annotate(
+            row["model"],
+            (row["inference_ms_per_sample_mean"], 100 * row["test_accuracy_mean"]),
+            xytext=(6, 4),
+            textcoords="offset points",
+            fontsize=8,
+        )
+    ax.set(
+        title="Speed / accuracy trade-off",
+        xlabel="inference time per sample (ms, median of timed batches)",
+        ylabel="test accuracy (%)",
+    )
+    ax.grid(alpha=0.3)
+    ax.margins(x=0.15, y=0.1)
+    return _save(fig, path)
+
+
+def plot_heatmap(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Test accuracy (%) as a kernel x position grid, annotated (mean ± std), n/a if missing."""
+    kernels, positions = kernels_and_positions([r["model"] for r in rows])
+    by_model = {r["model"]: r for r in rows}
+    values = np.full((len(kernels), len(positions)), np.nan)
+    for i, kernel in enumerate(kernels):
+        for j, position in enumerate(positions):
+            row = by_model.get(f"{kernel}-{position}")
+            if row and row["test_accuracy_mean"] is not None:
+                values[i, j] = 100 * row["test_accuracy_mean"]
+    fig = Figure(figsize=(1.9 * len(positions) + 2, 1.3 * len(kernels) + 1.5), layout="constrained")
+    ax = fig.subplots()
+    finite = values[np.isfinite(values)]
+    image = ax.imshow(
+        np.ma.masked_invalid(values),
+        cmap=colormaps["viridis"].with_extremes(bad="lightgrey"),
+        vmin=finite.min() if finite.size else 0,
+        vmax=finite.max() if finite.size else 100,
+    )
+    middle = (finite.min() + finite.max()) / 2 if finite.size else 50
+    for i, kernel in enumerate(kernels):
+        for j, position in enumerate(positions):
+            row = by_model.get(f"{kernel}-{position}")
+            if math.isnan(values[i, j]):
+                text, color = "n/a", "black"
+            else:
+                std = row["test_accuracy_std"]
+                text = f"{values[i, j]:.2f}" + ("" if std is None else f"\n± {100 * std:.2f}")
+                color = "black" if values[i, j] > middle else "white"
+            ax.text(j, i, text, ha="center", va="center", color=color, fontsize=10)
+    ax.set_xticks(range(len(positions)), positions)
+    ax.set_yticks(range(len(kernels)), kernels)
+    ax.set(xlabel="position encoding", ylabel="attention kernel", title="Test accuracy (%)")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    return _save(fig, path)
+
+
+def plot_attention_maps(
+    image: np.ndarray,
+    maps: Mapping[str, np.ndarray | str],
+    path: Path,
+    title: str,
+) -> Path:
+    """The test image and, per variant, its CLS attention map over patches (mean over heads)
+    laid over it; a variant mapped to a string shows that note instead."""
+    kernels, positions = kernels_and_positions(list(maps))
+    fig = Figure(
+        figsize=(2.6 * (len(positions) + 1), 2.6 * len(kernels) + 0.6), layout="constrained"
+    )
+    axes = fig.subplots(len(kernels), len(positions) + 1, squeeze=False)
+    gray = image.mean(axis=0) if image.ndim == 3 and image.shape[0] != 3 else image
+    rgb = np.transpose(image, (1, 2, 0)) if image.ndim == 3 and image.shape[0] == 3 else None
+    shown = rgb if rgb is not None else gray
+    height, width = shown.shape[:2]
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0, 0].imshow(shown, cmap=None if rgb is not None else "gray")
+    axes[0, 0].set_title("input", fontsize=10)
+    for ax in axes[1:, 0]:
+        ax.axis("off")
+    for i, kernel in enumerate(kernels):
+        for j, position in enumerate(positions):
+            ax, model = axes[i, j + 1], f"{kernel}-{position}"
+            ax.set_title(model, fontsize=10)
+            entry = maps.get(model)
+            if entry is None or isinstance(entry, str):
+                ax.text(
+                    0.5, 0.5, entry or "no run", ha="center", va="center", fontsize=8, wrap=True,
+                    transform=ax.transAxes,
+                )  # fmt: skip
+                ax.set_facecolor("whitesmoke")
+                continue
+            ax.imshow(shown, cmap=None if rgb is not None else "gray", extent=(0, width, height, 0))
+            ax.imshow(
+                entry, cmap="inferno", alpha=0.6, extent=(0, width, height, 0),
+                interpolation="nearest",
+            )  # fmt: skip
+    fig.suptitle(title)
+    return _save(fig, path)

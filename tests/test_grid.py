@@ -1,0 +1,220 @@
+"""Experiment grid: run planning, sharding, skipping finished runs, resuming interrupted ones."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+from conftest import shared_data_dir
+
+import rpevit.experiments.grid as grid
+from rpevit.errors import ConfigError
+from rpevit.experiments import (
+    add_grid_arguments,
+    parse_shard,
+    plan_grid,
+    run_grid,
+    run_grid_command,
+    shard_runs,
+)
+from rpevit.registry import CORE_MODELS
+from rpevit.report import build_report
+from rpevit.training import TrainConfig, train
+from rpevit.training.run import load_checkpoint
+
+
+class FakeTrain:
+    """Stands in for ``train``: writes a valid run folder and records every call; raises
+    ``crash_on`` (an exception instance) at the given call number, after a last.ckpt."""
+
+    def __init__(self, crash_at: int | None = None, crash_on: BaseException | None = None):
+        self.calls: list[TrainConfig] = []
+        self.crash_at, self.crash_on = crash_at, crash_on
+
+    def __call__(self, config: TrainConfig) -> dict:
+        self.calls.append(config)
+        run_dir = config.run_dir
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(config.to_dict()))
+        (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"partial")
+        if len(self.calls) == self.crash_at:
+            raise self.crash_on
+        metrics = {"model": config.model, "seed": config.seed, "test_accuracy": 0.5}
+        metrics["val_accuracy"] = 0.5
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+        return metrics
+
+
+class Killed(BaseException):
+    """A crash the grid must not survive (like SIGKILL): not an ``Exception``."""
+
+
+def base_config(tmp_path: Path, **overrides) -> TrainConfig:
+    return TrainConfig(dataset="mnist", preset="quick", out=str(tmp_path), **overrides)
+
+
+def test_plan_is_sorted_complete_and_validated():
+    runs = plan_grid(list(reversed(CORE_MODELS)), [44, 42, 43, 42])
+    assert len(runs) == 36 and runs == sorted(runs)
+    assert runs == plan_grid(CORE_MODELS, [42, 43, 44])
+    with pytest.raises(ConfigError, match="unknown model"):
+        plan_grid(["softmax-nope"], [0])
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5, 36, 40])
+def test_shards_partition_the_grid_deterministically(count):
+    runs = plan_grid(CORE_MODELS, [42, 43, 44])
+    shards = [shard_runs(runs, i, count) for i in range(1, count + 1)]
+    flat = [run for shard in shards for run in shard]
+    assert sorted(flat) == runs and len(flat) == len(set(flat))
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    assert shards == [shard_runs(list(reversed(runs)), i, count) for i in range(1, count + 1)]
+
+
+def test_parse_shard():
+    assert parse_shard("2/4") == (2, 4)
+    for bad in ("0/4", "5/4", "2", "a/b", "1/0"):
+        with pytest.raises(ConfigError, match="I/N"):
+            parse_shard(bad)
+
+
+def test_interrupted_grid_redoes_no_finished_run(tmp_path, monkeypatch):
+    out = tmp_path / "grid"
+    models = ["favor-rpe", "relu-ape", "softmax-ape"]
+    crashed = FakeTrain(crash_at=4, crash_on=Killed())
+    monkeypatch.setattr(grid, "train", crashed)
+    with pytest.raises(Killed):
+        run_grid(base_config(tmp_path), models=models, seeds=[1, 2], out=out)
+    done = [(c.model, c.seed) for c in crashed.calls[:3]]
+
+    resumed = FakeTrain()
+    monkeypatch.setattr(grid, "train", resumed)
+    summary = run_grid(base_config(tmp_path), models=models, seeds=[1, 2], out=out)
+    redone = [(c.model, c.seed) for c in resumed.calls]
+    assert not set(done) & set(redone) and len(redone) == 3
+    assert resumed.calls[0].resume is True  # the interrupted 4th run continues
+    assert all(not c.resume for c in resumed.calls[1:])
+    assert all(c.run_dir == out / c.model / f"seed{c.seed}" for c in resumed.calls)
+    on_disk = json.loads((out / "grid_summary.json").read_text())
+    assert on_disk["counts"] == {"finished": 6} == summary["counts"]
+
+    again = FakeTrain()
+    monkeypatch.setattr(grid, "train", again)
+    run_grid(base_config(tmp_path), models=models, seeds=[1, 2], out=out)
+    assert again.calls == []
+
+
+def test_cli_passes_train_options_and_reports_failures(tmp_path, monkeypatch, capsys):
+    class Failing(FakeTrain):
+        def __call__(self, config):
+            if config.model == "relu-ape":
+                self.calls.append(config)
+                raise RuntimeError("diverged")
+            return super().__call__(config)
+
+    fake = Failing()
+    monkeypatch.setattr(grid, "train", fake)
+    parser = argparse.ArgumentParser()
+    add_grid_arguments(parser)
+    argv = ["--models", "relu-ape,softmax-ape", "--seeds", "3,4", "--out", str(tmp_path)]
+    argv += ["--epochs", "2", "--dim", "16", "--max-train-samples", "100", "--preset", "quick"]
+    argv += ["--shard", "1/2", "--option", "rope_mode=mixed"]
+    assert run_grid_command(parser.parse_args(argv)) == 1  # relu-ape seed 3 failed
+    assert [(c.model, c.seed) for c in fake.calls] == [("relu-ape", 3), ("softmax-ape", 3)]
+    config = fake.calls[1]
+    assert (config.epochs, config.dim, config.max_train_samples) == (2, 16, 100)
+    assert config.model_options == {"rope_mode": "mixed"}
+    summary = json.loads((tmp_path / "grid_summary.shard-1-of-2.json").read_text())
+    status = {(r["model"], r["seed"]): r["status"] for r in summary["runs"]}
+    assert status == {
+        ("relu-ape", 3): "failed",
+        ("relu-ape", 4): "pending",
+        ("softmax-ape", 3): "finished",
+        ("softmax-ape", 4): "pending",
+    }
+    assert "[2/2] softmax-ape seed 3: done" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # the grid resumes by itself
+        parser.parse_args(["--resume"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--run-name", "x"])
+
+
+def test_existing_runs_with_another_config_are_not_mixed_in(tmp_path, monkeypatch):
+    monkeypatch.setattr(grid, "train", FakeTrain())
+    run_grid(base_config(tmp_path, dim=16), models=["relu-ape"], seeds=[0], out=tmp_path)
+    with pytest.raises(ConfigError, match="dim"):
+        run_grid(base_config(tmp_path, dim=32), models=["relu-ape"], seeds=[0], out=tmp_path)
+    fake = FakeTrain()
+    monkeypatch.setattr(grid, "train", fake)
+    config = base_config(tmp_path, dim=32, overwrite=True)
+    run_grid(config, models=["relu-ape"], seeds=[0], out=tmp_path)
+    assert len(fake.calls) == 1
+
+
+class CrashAt(L.Callback):
+    """Kills training after optimizer step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step >= self.step:
+            raise Killed
+
+
+def test_tiny_real_grid_resumes_then_reports(tmp_path, monkeypatch):
+    root = shared_data_dir()
+    if root is None:
+        pytest.skip("real MNIST not found (set RPEVIT_DATA_DIR)")
+    config = base_config(
+        tmp_path,
+        data_dir=str(root),
+        max_train_samples=256,
+        max_val_samples=128,
+        max_test_samples=128,
+        batch_size=64,
+        epochs=2,
+        patch_size=7,
+        dim=16,
+        depth=1,
+        heads=2,
+        mlp_dim=32,
+        checkpoint_every_n_steps=2,
+        log_every_n_steps=1,
+        inference_batch_size=16,
+        progress_bar=False,
+    )
+    calls: list[TrainConfig] = []
+
+    def crash_second_run(cfg: TrainConfig) -> dict:
+        calls.append(cfg)
+        return train(cfg, callbacks=[CrashAt(7)] if len(calls) == 2 else [])
+
+    out = tmp_path / "grid"
+    models = ["relu-rpe", "softmax-ape"]
+    monkeypatch.setattr(grid, "train", crash_second_run)
+    with pytest.raises(Killed):
+        run_grid(config, models=models, seeds=[0], out=out)
+    partial = out / "softmax-ape" / "seed0"
+    assert load_checkpoint(partial / "checkpoints" / "last.ckpt")["global_step"] == 6
+    assert not (partial / "metrics.json").exists()
+
+    calls.clear()
+    monkeypatch.setattr(grid, "train", lambda cfg: calls.append(cfg) or train(cfg))
+    summary = run_grid(config, models=models, seeds=[0], out=out)
+    assert [(c.model, c.resume) for c in calls] == [("softmax-ape", True)]
+    assert summary["counts"] == {"finished": 2}
+    assert (partial / "logs" / "csv" / "metrics-before-resume-1.csv").is_file()
+
+    report = build_report(out, tmp_path / "report", data_dir=root)
+    rows = {row["model"]: row for row in report["rows"]}
+    assert set(rows) == set(models)
+    assert rows["softmax-ape"]["test_accuracy_mean"] == pytest.approx(
+        json.loads((partial / "metrics.json").read_text())["test_accuracy"]
+    )
+    for name in ("curves", "tradeoff", "accuracy_heatmap", "attention_maps"):
+        assert (tmp_path / "report" / f"{name}.png").stat().st_size > 10_000
+    assert not [n for n in report["notes"] if "attention" in n], report["notes"]

@@ -1,0 +1,184 @@
+"""Report: tables and figures from synthetic run folders, statistics, attention weights."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from einops import rearrange
+
+from rpevit import create_model
+from rpevit.errors import ConfigError
+from rpevit.positions.base import TokenGrid
+from rpevit.registry import CORE_MODELS
+from rpevit.report import (
+    attention_weights,
+    build_report,
+    cls_attention_map,
+    gap_closed,
+    load_runs,
+    mean_std,
+    read_curves,
+)
+
+#: Test accuracy per (model, seed); every other model gets 0.9 with seed 0.
+ACCURACY = {
+    ("softmax-ape", 0): 0.98,
+    ("softmax-ape", 1): 0.99,
+    ("softmax-rpe", 0): 0.97,
+    ("favor-ape", 0): 0.90,
+    ("favor-rpe", 0): 0.95,
+    ("favor-rpe", 1): 0.96,
+    ("favor-rpe", 2): 0.91,
+    ("favor-string", 0): 0.88,
+    ("relu-ape", 0): 0.985,  # equals the softmax-ape mean: gap closed undefined
+}
+
+
+def write_run(root: Path, model: str, seed: int, acc: float, dataset: str = "mnist") -> Path:
+    """A run folder as training leaves it: config.json, metrics.json, CSV logs."""
+    run = root / model / f"seed{seed}"
+    (run / "logs" / "csv").mkdir(parents=True)
+    config = {"model": model, "seed": seed, "dataset": dataset, "dim": 64, "epochs": 3}
+    (run / "config.json").write_text(json.dumps(config))
+    metrics = {
+        "model": model,
+        "seed": seed,
+        "dataset": dataset,
+        "val_accuracy": acc - 0.01,
+        "test_accuracy": acc,
+        "precision_macro": acc,
+        "recall_macro": acc,
+        "f1_macro": acc,
+        "log_likelihood": -1000.0 * (1 - acc),
+        "aic": 2000.0,
+        "bic": 3000.0,
+        "params": {"trainable": 1000 + seed, "total": 1000 + seed},
+        "flops_per_image": 2e6,
+        "train_seconds_per_epoch": 10.0,
+        "inference_ms_per_sample": 0.1 + 0.01 * len(model),
+        "peak_memory_mb": 500.0,
+        "config": config,
+    }
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    lines = ["epoch,step,train/loss_step,val/acc,val/loss"]
+    for epoch in range(3):
+        lines.append(f"{epoch},{10 * epoch + 5},1.0,,")
+        lines.append(f"{epoch},{10 * epoch + 9},,{acc - 0.1 / (epoch + 1)},{1 / (epoch + 1)}")
+    (run / "logs" / "csv" / "metrics.csv").write_text("\n".join(lines) + "\n")
+    return run
+
+
+@pytest.fixture
+def synthetic_runs(tmp_path) -> Path:
+    root = tmp_path / "runs"
+    for model in CORE_MODELS:
+        seeds = sorted({s for m, s in ACCURACY if m == model}) or [0]
+        for seed in seeds:
+            write_run(root, model, seed, ACCURACY.get((model, seed), 0.9))
+    (root / "relu-rope" / "seed9" / "checkpoints").mkdir(parents=True)  # unfinished run
+    (root / "relu-rope" / "seed9" / "config.json").write_text("{}")
+    return root
+
+
+def test_mean_std_and_gap_closed_by_hand():
+    mean, std = mean_std([0.95, 0.96, 0.91, None])
+    assert mean == pytest.approx(0.94) and std == pytest.approx(math.sqrt(0.0007))
+    assert mean_std([0.5]) == (0.5, None) and mean_std([None]) == (None, None)
+    acc = {"softmax-ape": 0.985, "favor-ape": 0.90, "favor-rpe": 0.94, "relu-ape": 0.985}
+    assert gap_closed(acc, "favor", "rpe") == pytest.approx(0.04 / 0.085)
+    assert gap_closed(acc, "favor", "rope") is None  # missing model
+    assert gap_closed({**acc, "relu-rpe": 0.99}, "relu", "rpe") is None  # denominator 0
+
+
+def test_report_tables_from_synthetic_runs(synthetic_runs, tmp_path):
+    out = tmp_path / "report"
+    summary = build_report(synthetic_runs, out, data_dir=tmp_path / "no-data")
+    with (out / "results.csv").open() as f:
+        rows = {row["model"]: row for row in csv.DictReader(f)}
+    assert list(rows) == CORE_MODELS  # registry order, one row per model
+    softmax, favor_rpe = rows["softmax-ape"], rows["favor-rpe"]
+    assert float(softmax["test_accuracy_mean"]) == pytest.approx(0.985)
+    assert float(softmax["test_accuracy_std"]) == pytest.approx(math.sqrt(0.00005))
+    assert softmax["runs"] == "2" and softmax["seeds"] == "0 1"
+    assert float(favor_rpe["test_accuracy_mean"]) == pytest.approx(0.94)
+    assert float(favor_rpe["test_accuracy_std"]) == pytest.approx(math.sqrt(0.0007))
+    assert rows["relu-ape"]["test_accuracy_std"] == ""  # single seed
+    assert float(favor_rpe["params_mean"]) == pytest.approx(1001)
+    # gap to softmax with the same position encoding
+    assert float(favor_rpe["gap_to_softmax"]) == pytest.approx(0.94 - 0.97)
+    assert softmax["gap_to_softmax"] == "" and softmax["gap_closed"] == ""
+    # gap closed = (acc(K-X) - acc(K-ape)) / (acc(softmax-ape) - acc(K-ape))
+    assert float(favor_rpe["gap_closed"]) == pytest.approx((0.94 - 0.90) / (0.985 - 0.90))
+    assert float(rows["favor-string"]["gap_closed"]) == pytest.approx(-0.02 / 0.085)
+    assert float(rows["favor-rope"]["gap_closed"]) == pytest.approx(0.0)
+    assert rows["relu-rpe"]["gap_closed"] == "n/a"  # relu-ape == softmax-ape
+    assert rows["favor-ape"]["gap_closed"] == ""
+    assert summary["gap_closed"]["favor"]["rpe"] == pytest.approx(0.04 / 0.085)
+
+    text = (out / "results.md").read_text()
+    for model in CORE_MODELS:
+        assert f"| {model} |" in text
+    assert "98.50 ± 0.71" in text  # softmax-ape test accuracy in %
+    assert "| favor | 0.47 | -0.24 | 0.00 |" in text and "| relu | n/a | n/a | n/a |" in text
+    assert any("unfinished run" in note for note in summary["notes"])
+    assert any("attention maps skipped" in note for note in summary["notes"])
+    for name in ("curves", "tradeoff", "accuracy_heatmap"):
+        png = out / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+        assert f"({name}.png)" in text
+
+
+def test_missing_models_and_mixed_inputs(tmp_path):
+    root = tmp_path / "runs"
+    write_run(root, "favor-ape", 0, 0.9)
+    summary = build_report(root, data_dir=tmp_path / "no-data")
+    assert [row["model"] for row in summary["rows"]] == ["favor-ape"]
+    assert summary["gap_closed"]["favor"]["rpe"] is None
+    assert (root / "report" / "accuracy_heatmap.png").stat().st_size > 0
+    write_run(root, "relu-ape", 0, 0.9, dataset="cifar10")
+    with pytest.raises(ConfigError, match="several data sets"):
+        load_runs(root)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no finished runs"):
+        load_runs(tmp_path / "empty")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_runs(tmp_path / "missing")
+
+
+def test_curves_keep_epochs_from_before_a_resume(tmp_path):
+    logs = tmp_path / "logs" / "csv"
+    logs.mkdir(parents=True)
+    header = "epoch,step,val/acc,val/loss\n"
+    (logs / "metrics-before-resume-1.csv").write_text(header + "0,9,0.5,2.0\n1,19,0.6,1.5\n")
+    (logs / "metrics.csv").write_text(header + "1,19,0.65,1.4\n2,29,0.7,1.0\n")
+    curves = read_curves(tmp_path)
+    assert curves == {
+        0: {"val_acc": 0.5, "val_loss": 2.0},
+        1: {"val_acc": 0.65, "val_loss": 1.4},
+        2: {"val_acc": 0.7, "val_loss": 1.0},
+    }
+
+
+@pytest.mark.parametrize("name", CORE_MODELS)
+def test_attention_weights_reproduce_the_attention_output(name):
+    torch.manual_seed(0)
+    model = create_model(
+        name, image_size=12, in_chans=1, num_classes=3, patch_size=4, dim=8, depth=2, heads=2,
+        mlp_dim=16, qk_norm=name.startswith("favor"),
+    ).double()  # fmt: skip
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    attn, grid = model.blocks[-1].attn, TokenGrid(3, 3, 1)
+    x = torch.randn(2, 10, 8, dtype=torch.float64)
+    v = rearrange(attn.qkv(x), "b n (three h d) -> three b h n d", three=3, h=2)[2]
+    weights = attention_weights(attn, x, grid)
+    assert torch.allclose(weights.sum(-1), torch.ones(2, 2, 10, dtype=torch.float64))
+    rebuilt = attn.proj(rearrange(weights @ v, "b h n d -> b n (h d)"))
+    assert torch.allclose(rebuilt, attn(x, grid), atol=1e-10)
+    cls_map = cls_attention_map(model, torch.randn(1, 12, 12, dtype=torch.float64))
+    assert cls_map.shape == (2, 3, 3) and bool((cls_map >= 0).all())
