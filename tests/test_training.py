@@ -85,7 +85,7 @@ def test_no_weight_decay_on_norms_biases_positions_and_cls(name, options):
 
 def test_presets_fill_only_unset_fields():
     config = resolve_config({"model": "relu-ape", "preset": "quick", "dim": 48})
-    assert (config.patch_size, config.dim, config.heads, config.epochs) == (7, 48, 4, 3)
+    assert (config.patch_size, config.dim, config.heads, config.epochs) == (7, 48, 4, 5)
     paper = resolve_config({"model": "softmax-ape", "dataset": "cifar10"})
     assert (paper.patch_size, paper.dim, paper.depth, paper.mlp_dim, paper.epochs) == (
         4,
@@ -202,7 +202,7 @@ def test_end_to_end_training_writes_a_complete_run(tmp_path):
     run = tmp_path / "e2e"
     for name in ("config.json", "metrics.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt"):
         assert (run / name).is_file(), name
-    assert (run / "logs" / "csv" / "metrics.csv").is_file()
+    assert (run / "logs" / "csv" / "version_0" / "metrics.csv").is_file()
     assert any((run / "logs" / "tensorboard").glob("events.out.tfevents.*"))
     on_disk = json.loads((run / "metrics.json").read_text())
     assert METRIC_KEYS <= set(on_disk)

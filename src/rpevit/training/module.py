@@ -95,7 +95,13 @@ class ImageClassifier(L.LightningModule):
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.hparams.label_smoothing)
         self.train_acc(logits, labels)
         self.log(
-            "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels)
+            "train/loss",
+            loss,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(labels),
+            sync_dist=True,  # every rank runs the same number of steps, so this cannot hang
         )
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(labels))
         return loss

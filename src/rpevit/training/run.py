@@ -6,7 +6,8 @@ A run lives in one folder (``<out>/<run_name>``)::
     config.json                resolved training config
     checkpoints/best.ckpt      best validation accuracy
     checkpoints/last.ckpt      latest state (epoch end, or every N steps); --resume uses it
-    logs/tensorboard/, logs/csv/
+    logs/tensorboard/          TensorBoard events (a resumed run appends)
+    logs/csv/version_<k>/      metrics.csv per start (0: first, 1: first resume, ...)
     metrics.json               test metrics of best.ckpt (DESIGN.md section 6), written atomically
 """
 
@@ -164,7 +165,7 @@ def build_trainer(
         )
     loggers = [
         TensorBoardLogger(run_dir, name="logs", version="tensorboard", default_hp_metric=False),
-        CSVLogger(run_dir, name="logs", version="csv"),
+        CSVLogger(run_dir / "logs", name="csv"),  # version_0, version_1 after a resume, ...
     ]
     try:
         return L.Trainer(
@@ -198,6 +199,7 @@ def train(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[L.Call
     where it stopped (model, optimizer, schedule, data order, augmentation, RNG).
     """
     config = resolve_config(config)
+    check_precision(config.precision, _resolve_accelerator(config))
     if config.threads:
         torch.set_num_threads(config.threads)
     run_dir, resume_from = _prepare_run_dir(config)
