@@ -10,7 +10,6 @@ prints and writes the result as JSON. Example::
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch
 
 from rpevit.data import ImageDataModule
 from rpevit.errors import DataNotFoundError
-from rpevit.metrics import write_json_atomic
+from rpevit.metrics import device_name, write_json_atomic
 
 
 def measure(dataset: str, data_dir: str | None, batch_size: int, epochs: int, device: str) -> dict:
@@ -76,9 +75,7 @@ def main() -> None:
         print(f"{name}: {rate:,.0f} images/s ({policy}, batch {args.batch_size})")
     report = {
         "results": results,
-        "device": args.device,
-        "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
+        "device": device_name(args.device),
         "torch_version": torch.__version__,
     }
     write_json_atomic(args.out, report)

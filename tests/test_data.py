@@ -223,6 +223,14 @@ def test_image_folder(tmp_path):
     assert data.test.images[2].unique().tolist() == [40]  # resized, values kept
     assert len(data.spec.mean) == 3 and all(s > 0 for s in data.spec.std)
 
+    (tmp_path / "test").rename(tmp_path / "val")  # only val/: it becomes the test split
+    assert len(load_dataset("imagefolder", tmp_path, image_size=8).test) == 6
+    (tmp_path / "val").rename(tmp_path / "test")
+    (tmp_path / "val" / "dog").mkdir(parents=True)
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "val" / "dog" / "x.png")
+    both = load_dataset("imagefolder", tmp_path, image_size=8)  # val/ and test/ used as they are
+    assert (len(both.train), both.val.labels.tolist(), len(both.test)) == (18, [1], 6)
+
 
 # --- missing data -----
 
