@@ -207,7 +207,7 @@ def test_tiny_real_grid_resumes_then_reports(tmp_path, monkeypatch):
     summary = run_grid(config, models=models, seeds=[0], out=out)
     assert [(c.model, c.resume) for c in calls] == [("softmax-ape", True)]
     assert summary["counts"] == {"finished": 2}
-    assert (partial / "logs" / "csv" / "metrics-before-resume-1.csv").is_file()
+    assert (partial / "logs" / "csv" / "version_1" / "metrics.csv").is_file()
 
     report = build_report(out, tmp_path / "report", data_dir=root)
     rows = {row["model"]: row for row in report["rows"]}

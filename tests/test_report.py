@@ -42,7 +42,7 @@ ACCURACY = {
 def write_run(root: Path, model: str, seed: int, acc: float, dataset: str = "mnist") -> Path:
     """A run folder as training leaves it: config.json, metrics.json, CSV logs."""
     run = root / model / f"seed{seed}"
-    (run / "logs" / "csv").mkdir(parents=True)
+    (run / "logs" / "csv" / "version_0").mkdir(parents=True)
     config = {"model": model, "seed": seed, "dataset": dataset, "dim": 64, "epochs": 3}
     (run / "config.json").write_text(json.dumps(config))
     metrics = {
@@ -69,7 +69,7 @@ def write_run(root: Path, model: str, seed: int, acc: float, dataset: str = "mni
     for epoch in range(3):
         lines.append(f"{epoch},{10 * epoch + 5},1.0,,")
         lines.append(f"{epoch},{10 * epoch + 9},,{acc - 0.1 / (epoch + 1)},{1 / (epoch + 1)}")
-    (run / "logs" / "csv" / "metrics.csv").write_text("\n".join(lines) + "\n")
+    (run / "logs" / "csv" / "version_0" / "metrics.csv").write_text("\n".join(lines) + "\n")
     return run
 
 
@@ -152,10 +152,11 @@ def test_missing_models_and_mixed_inputs(tmp_path):
 
 def test_curves_keep_epochs_from_before_a_resume(tmp_path):
     logs = tmp_path / "logs" / "csv"
-    logs.mkdir(parents=True)
     header = "epoch,step,val/acc,val/loss\n"
-    (logs / "metrics-before-resume-1.csv").write_text(header + "0,9,0.5,2.0\n1,19,0.6,1.5\n")
-    (logs / "metrics.csv").write_text(header + "1,19,0.65,1.4\n2,29,0.7,1.0\n")
+    for version, rows in ((10, "2,29,0.7,1.0\n"), (0, "0,9,0.5,2.0\n1,19,0.6,1.5\n"),
+                          (1, "1,19,0.65,1.4\n")):  # fmt: skip
+        (logs / f"version_{version}").mkdir(parents=True)
+        (logs / f"version_{version}" / "metrics.csv").write_text(header + rows)
     curves = read_curves(tmp_path)
     assert curves == {
         0: {"val_acc": 0.5, "val_loss": 2.0},

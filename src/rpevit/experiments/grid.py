@@ -34,10 +34,6 @@ from rpevit.training.run import CHECKPOINT_DIR, LAST
 #: identity plus the training length (a finished shorter run is not the requested result).
 GRID_IDENTITY = (*RUN_IDENTITY, "epochs", "max_steps")
 
-#: Where Lightning's CSVLogger writes; it deletes ``metrics.csv`` when a run resumes, so the
-#: grid first moves it to ``metrics-before-resume-<k>.csv`` (the report reads all of them).
-CSV_LOG_DIR = Path("logs") / "csv"
-
 
 @dataclass(frozen=True, order=True)
 class GridRun:
@@ -144,14 +140,6 @@ def run_state(run_dir: Path, run: GridRun) -> str:
     return "pending"
 
 
-def _keep_csv_log(run_dir: Path) -> None:
-    """Move ``metrics.csv`` aside before a resume, which would otherwise delete it."""
-    log = run_dir / CSV_LOG_DIR / "metrics.csv"
-    if log.is_file():
-        k = len(list(log.parent.glob("metrics-before-resume-*.csv"))) + 1
-        log.rename(log.with_name(f"metrics-before-resume-{k}.csv"))
-
-
 def _duration(seconds: float) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
@@ -253,7 +241,6 @@ def run_grid(
             print(f"{head}: already finished (test acc {metrics['test_accuracy']:.4f}), skipped")
             continue
         if state == "partial":
-            _keep_csv_log(cfg.run_dir)
             cfg = dataclasses.replace(cfg, resume=True)
         elif cfg.run_dir.exists():  # checkpoints without last.ckpt: nothing to resume from
             cfg = dataclasses.replace(cfg, overwrite=True)

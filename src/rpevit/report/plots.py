@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from rpevit.report.runs import Run
 from rpevit.report.tables import model_order
@@ -124,6 +125,18 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
             textcoords="offset points",
             fontsize=8,
         )
+    kernels, positions = kernels_and_positions(models)
+    present = {m.partition("-")[0] for m in models}, {m.partition("-")[2] for m in models}
+    handles = [
+        Line2D([], [], color="grey", marker=MARKERS[i % len(MARKERS)], linestyle="none", label=k)
+        for i, k in enumerate(kernels)
+        if k in present[0]
+    ] + [
+        Line2D([], [], color=f"C{j % 10}", marker="o", linestyle="none", label=p)
+        for j, p in enumerate(positions)
+        if p in present[1]
+    ]
+    ax.legend(handles=handles, fontsize=8, title="kernel (marker), position (colour)", ncols=2)
     ax.set(
         title="Speed / accuracy trade-off",
         xlabel="inference time per sample (ms, median of timed batches)",

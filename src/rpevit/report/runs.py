@@ -1,9 +1,8 @@
 """Finding finished runs under a folder and reading what they recorded.
 
 A run folder is any folder holding a valid ``metrics.json`` (written by ``rpevit train`` /
-``rpevit grid``); next to it ``config.json`` and Lightning's CSV logs
-(``logs/csv/metrics.csv``, plus ``metrics-before-resume-<k>.csv`` kept by the grid when a run
-was resumed, since Lightning's CSVLogger deletes the old file on resume).
+``rpevit grid``); next to it ``config.json`` and Lightning's CSV logs, one
+``logs/csv/version_<k>/metrics.csv`` per start of training (0: first, 1: first resume, ...).
 """
 
 from __future__ import annotations
@@ -11,13 +10,12 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rpevit.errors import ConfigError
-from rpevit.experiments.grid import CSV_LOG_DIR, GRID_IDENTITY, read_metrics
+from rpevit.experiments.grid import GRID_IDENTITY, read_metrics
 
 
 @dataclass
@@ -43,15 +41,13 @@ class Run:
 
 
 def _csv_logs(run_dir: Path) -> list[Path]:
-    """The run's CSV logs, oldest first: files kept before each resume, then the current one."""
-    folder = run_dir / CSV_LOG_DIR
-
-    def part(path: Path) -> int:
-        found = re.search(r"(\d+)\.csv$", path.name)
-        return int(found.group(1)) if found else 0
-
-    logs = sorted(folder.glob("metrics-before-resume-*.csv"), key=part)
-    return [*logs, folder / "metrics.csv"] if (folder / "metrics.csv").is_file() else logs
+    """The run's CSV logs, oldest first (``version_<k>`` in numeric order)."""
+    logs = {
+        int(path.parent.name.removeprefix("version_")): path
+        for path in (run_dir / "logs" / "csv").glob("version_*/metrics.csv")
+        if path.parent.name.removeprefix("version_").isdigit()
+    }
+    return [logs[k] for k in sorted(logs)]
 
 
 def _number(text: str | None) -> float | None:
