@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 import traceback
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from rpevit.bench.common import VARIANTS, BenchContext
+from rpevit.bench.common import VARIANTS, BenchContext, load_average
 
 #: Benchmark name -> module under ``rpevit.bench`` with ``main(ctx) -> record``; run in order.
 BENCHMARKS = {
@@ -32,8 +33,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "benchmarks",
         nargs="*",
-        default=["all"],
-        choices=[*BENCHMARKS, "all"],
+        default=[],
         metavar="BENCHMARK",
         help=f"which to run: {', '.join(BENCHMARKS)} or all (default: all)",
     )
@@ -91,15 +91,37 @@ def context_from_args(args: argparse.Namespace) -> BenchContext:
         compile=args.compile,
         models=list(models),
         seed=args.seed,
-    )
+        arguments={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+                   if k != "func"},
+    )  # fmt: skip
+
+
+def selected_benchmarks(requested: list[str]) -> list[str]:
+    """Benchmark names to run, in suite order; nothing or ``all`` means every one."""
+    unknown = [name for name in requested if name not in BENCHMARKS and name != "all"]
+    if unknown:
+        raise ValueError(
+            f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}, all"
+        )
+    if not requested or "all" in requested:
+        return list(BENCHMARKS)
+    return [name for name in BENCHMARKS if name in requested]
 
 
 def run_bench(args: argparse.Namespace) -> int:
     """Run the selected benchmarks; 0 if all ran (whatever their targets), 1 if one failed."""
     ctx = context_from_args(args)
+    names = selected_benchmarks(args.benchmarks)
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = list(BENCHMARKS) if "all" in args.benchmarks else list(dict.fromkeys(args.benchmarks))
+    load = load_average()
+    if load and load[0] > (os.cpu_count() or 1):
+        print(
+            f"rpevit bench: machine busy (1-min load {load[0]} on {os.cpu_count()} cores): "
+            "absolute times are noisy, ratios within a run remain comparable; with several "
+            "torch threads, --threads 1 is often far less noisy under load",
+            file=sys.stderr,
+        )
     start, failed = time.perf_counter(), []
     for name in names:
         torch.manual_seed(ctx.seed)
@@ -120,9 +142,9 @@ def main(argv: list[str] | None = None, default: str | None = None) -> int:
     """Stand-alone entry point; ``default`` preselects one benchmark (for the scripts)."""
     parser = argparse.ArgumentParser(prog="rpevit bench", description=__doc__.splitlines()[0])
     add_bench_arguments(parser)
-    if default is not None:
-        parser.set_defaults(benchmarks=[default])
     args = parser.parse_args(argv)
+    if default is not None and not args.benchmarks:
+        args.benchmarks = [default]
     try:
         return run_bench(args)
     except ValueError as error:

@@ -43,9 +43,18 @@ class BenchContext:
     compile: bool = False
     models: list[str] = field(default_factory=lambda: list(VARIANTS))
     seed: int = 0
-    command: str = field(
-        default_factory=lambda: shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
-    )
+    command: str = field(default_factory=lambda: command_line())
+    arguments: dict = field(default_factory=dict)  # the parsed bench arguments
+
+
+def command_line() -> str:
+    """The invoking process's command line (``python -m <package>`` for ``__main__.py``)."""
+    program = sys.argv[0]
+    if program.endswith("__main__.py"):
+        program = f"python -m {Path(program).parent.name}"
+    elif Path(program).name == "rpevit":
+        program = "rpevit"
+    return " ".join([program, *(shlex.quote(a) for a in sys.argv[1:])])
 
 
 def time_once(fn: Callable[[], Any]) -> float:
@@ -245,6 +254,7 @@ def new_record(ctx: BenchContext, name: str, settings: dict) -> dict:
         "benchmark": name,
         "preset": ctx.preset,
         "command": ctx.command,
+        "arguments": ctx.arguments,
         "machine": machine_info(),
         "settings": settings,
         "timing": {

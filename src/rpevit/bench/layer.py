@@ -97,29 +97,28 @@ def run(ctx: BenchContext) -> dict:
         )
         del steps
         gc.collect()
-        memory = (
-            dict(zip(specs, measure_peak_memory(list(specs.values())), strict=True))
-            if ctx.memory else {}
-        )  # fmt: skip
         for label in labels:
             if label in skipped:
                 rows.append({"label": label, "tokens": tokens, "note": skipped[label]})
                 continue
             spec = specs[label]
             rows.append({
-                "label": label, "tokens": tokens, "batch": spec["batch"],
+                "label": label, "tokens": tokens, "batch": spec["batch"], "spec": spec,
                 "time_ms": median(times[label]) * 1e3,
                 "time_per_seq_ms": median(times[label]) * 1e3 / spec["batch"],
-                "times_s": times[label], "memory": memory.get(label),
-                "peak_mib": (memory.get(label) or {}).get("peak_mib"),
+                "times_s": times[label],
             })  # fmt: skip
-    extra_specs = [_spec(label, tokens, s, ctx) for label, tokens in s.get("memory_only", [])]
+    for label, tokens in s.get("memory_only", []) if ctx.memory else []:
+        if label not in labels:
+            continue
+        spec = _spec(label, tokens, s, ctx)
+        rows.append({"label": spec["variant"], "tokens": spec["tokens"], "batch": spec["batch"],
+                     "spec": spec, "note": "memory only"})  # fmt: skip
     if ctx.memory:
-        for spec, result in zip(extra_specs, measure_peak_memory(extra_specs), strict=True):
-            rows.append({
-                "label": spec["variant"], "tokens": spec["tokens"], "batch": spec["batch"],
-                "memory": result, "peak_mib": result.get("peak_mib"), "note": "memory only",
-            })  # fmt: skip
+        measured = [r for r in rows if "spec" in r]
+        results = measure_peak_memory([r["spec"] for r in measured])
+        for row, result in zip(measured, results, strict=True):
+            row.update(memory=result, peak_mib=result.get("peak_mib"))
     record["rows"] = rows
     record["summary"] = summarise(rows, s["tokens"])
     record["seconds"] = time.perf_counter() - start
