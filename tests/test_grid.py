@@ -89,6 +89,8 @@ def test_interrupted_grid_redoes_no_finished_run(tmp_path, monkeypatch):
     with pytest.raises(Killed):
         run_grid(base_config(tmp_path), models=models, seeds=[1, 2], out=out)
     done = [(c.model, c.seed) for c in crashed.calls[:3]]
+    statuses = [r["status"] for r in json.loads((out / "grid_summary.json").read_text())["runs"]]
+    assert statuses == ["finished"] * 3 + ["interrupted", "pending", "pending"]
 
     resumed = FakeTrain()
     monkeypatch.setattr(grid, "train", resumed)

@@ -266,6 +266,10 @@ def run_grid(
             print(f"{head}: FAILED ({type(error).__name__}: {error})", flush=True)
             save()
             continue
+        except BaseException:  # Ctrl+C, SystemExit: stop, leaving a resumable run behind
+            record.update(status="interrupted")
+            save()
+            raise
         seconds = time.perf_counter() - run_start
         trained_seconds.append(seconds)
         record.update(
