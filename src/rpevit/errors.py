@@ -25,3 +25,19 @@ class DataCorruptError(RpevitError):
 
 class CheckpointError(RpevitError):
     """A checkpoint or run folder is missing, unreadable or incompatible."""
+
+
+class OutputError(RpevitError):
+    """A result file (checkpoint, JSON, plot) could not be written, e.g. the disk is full."""
+
+
+class NonFiniteLossError(RpevitError):
+    """Training produced a NaN/Inf loss or gradient; no update was applied for that step."""
+
+
+class TrainingInterrupted(RpevitError):
+    """SIGINT/SIGTERM stopped training at a batch boundary after saving a resumable checkpoint."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum

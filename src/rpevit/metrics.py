@@ -16,7 +16,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,6 +28,8 @@ from torchmetrics.functional.classification import (
     multiclass_precision,
     multiclass_recall,
 )
+
+from rpevit.atomic import atomic_write
 
 
 def log_likelihood(logits: torch.Tensor, targets: torch.Tensor) -> float:
@@ -237,19 +238,10 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
-    """Write ``data`` as indented JSON via a temporary file in the same folder + ``os.replace``,
-    so readers see either the old file or the complete new one."""
+    """Write ``data`` as indented JSON with :func:`rpevit.atomic.atomic_write`, so readers see
+    either the old file or the complete new one (a full disk raises ``OutputError``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_jsonable(data), f, indent=2, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n"
+    with atomic_write(path, "w") as f:
+        f.write(text)
     return path

@@ -3,6 +3,8 @@
 from rpevit.data.augment import (
     BatchTransform,
     crop_flip,
+    draw_crop_flip,
+    draw_rotation,
     normalize,
     random_crop_flip,
     random_rotate,
@@ -20,6 +22,7 @@ from rpevit.data.datasets import (
     resolve_data_dir,
     seeded_subset,
     split_indices,
+    verify_checksums,
 )
 from rpevit.data.loader import EpochSampler, InMemoryLoader, mix_seed
 from rpevit.data.module import ImageDataModule
@@ -35,6 +38,8 @@ __all__ = [
     "InMemoryLoader",
     "Split",
     "crop_flip",
+    "draw_crop_flip",
+    "draw_rotation",
     "get_spec",
     "list_datasets",
     "load_dataset",
@@ -46,4 +51,5 @@ __all__ = [
     "rotate",
     "seeded_subset",
     "split_indices",
+    "verify_checksums",
 ]

@@ -1,15 +1,17 @@
 """Batched, vectorised augmentation and normalisation of image tensors on any device.
 
 Each augmentation is a pure function of the images and explicit per-sample parameters
-(testable by hand), plus a ``random_*`` wrapper that draws those parameters from a CPU
-``torch.Generator``. Drawing on the CPU makes the result depend only on the generator's
-seed, not on the device the images live on.
+(testable by hand), a ``draw_*`` function that draws those parameters from a CPU
+``torch.Generator``, and a ``random_*`` wrapper doing both. Drawing on the CPU makes the
+result depend only on the generator's seed, not on the device the images live on; the
+training loader draws once per epoch for every sample of the split, so a sample's
+augmentation does not depend on the batch size, the rank or the number of processes.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -34,12 +36,16 @@ def rotate(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def draw_rotation(n: int, max_degrees: float, generator: torch.Generator) -> torch.Tensor:
+    """``n`` angles drawn uniformly from ``[-max_degrees, max_degrees]``."""
+    return (torch.rand(n, generator=generator) * 2 - 1) * max_degrees
+
+
 def random_rotate(
     images: torch.Tensor, max_degrees: float, generator: torch.Generator
 ) -> torch.Tensor:
     """Rotate each image by an angle drawn uniformly from ``[-max_degrees, max_degrees]``."""
-    degrees = (torch.rand(images.shape[0], generator=generator) * 2 - 1) * max_degrees
-    return rotate(images, degrees)
+    return rotate(images, draw_rotation(images.shape[0], max_degrees, generator))
 
 
 def crop_flip(
@@ -62,16 +68,23 @@ def crop_flip(
     return padded.reshape(b, c, -1).gather(2, index).reshape(b, c, h, w)
 
 
+def draw_crop_flip(
+    n: int, padding: int, generator: torch.Generator, flip: bool = True
+) -> dict[str, torch.Tensor]:
+    """``top``, ``left`` offsets in ``[0, 2 padding]`` and ``flip`` flags (probability 1/2,
+    none unless ``flip``) for ``n`` samples."""
+    top = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    left = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    flips = torch.rand(n, generator=generator) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+    return {"top": top, "left": left, "flip": flips}
+
+
 def random_crop_flip(
     images: torch.Tensor, padding: int, generator: torch.Generator, flip: bool = True
 ) -> torch.Tensor:
     """Random ``padding``-pixel translation crop (as torchvision's ``RandomCrop(padding=p)``)
     and, if ``flip``, a random horizontal flip with probability 1/2."""
-    b = images.shape[0]
-    top = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
-    left = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
-    flips = torch.rand(b, generator=generator) < 0.5 if flip else torch.zeros(b, dtype=torch.bool)
-    return crop_flip(images, padding, top, left, flips)
+    return crop_flip(images, padding, **draw_crop_flip(images.shape[0], padding, generator, flip))
 
 
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -89,6 +102,8 @@ class BatchTransform:
 
     ``policy`` is ``"rotate"`` (MNIST: random rotation within +-``degrees``) or
     ``"crop_flip"`` (CIFAR: random crop with ``padding`` pixels of zero padding + h-flip).
+    :meth:`draw` makes per-sample parameters; calling with ``params`` (indexed like the
+    batch) augments, without them it only normalises (evaluation).
     """
 
     def __init__(
@@ -105,12 +120,21 @@ class BatchTransform:
         self.mean, self.std, self.policy = tuple(mean), tuple(std), policy
         self.degrees, self.padding = degrees, padding
 
+    def draw(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Augmentation parameters for ``n`` samples (empty without a policy)."""
+        if self.policy == "rotate":
+            return {"degrees": draw_rotation(n, self.degrees, generator)}
+        if self.policy == "crop_flip":
+            return draw_crop_flip(n, self.padding, generator)
+        return {}
+
     def __call__(
-        self, images: torch.Tensor, generator: torch.Generator | None = None
+        self, images: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None
     ) -> torch.Tensor:
-        if self.policy is None or generator is None:
+        if self.policy is None or not params:
             return normalize(images, self.mean, self.std)
         if self.policy == "rotate":
             x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
-            return normalize(random_rotate(x, self.degrees, generator), self.mean, self.std)
-        return normalize(random_crop_flip(images, self.padding, generator), self.mean, self.std)
+            return normalize(rotate(x, params["degrees"]), self.mean, self.std)
+        cropped = crop_flip(images, self.padding, params["top"], params["left"], params["flip"])
+        return normalize(cropped, self.mean, self.std)

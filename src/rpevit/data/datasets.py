@@ -7,6 +7,7 @@ Files are read from the standard layouts under a data folder (``--data-dir``, el
     cifar-10-batches-py/ (torchvision pickles)   or  cifar-10-batches-bin/ (official binary)
     cifar-100-python/    (torchvision pickles)   or  cifar-100-binary/
     <data-dir>/{train,val,test}/<class>/**/<image>   for ``imagefolder``
+    <data-dir>/val/images/ + val/val_annotations.txt  (Tiny ImageNet's labelled val/)
 
 If a named data set is missing, torchvision's downloader is tried (it writes exactly these
 layouts); if that fails too, :class:`~rpevit.errors.DataNotFoundError` says which files
@@ -313,6 +314,72 @@ def _check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
         )
 
 
+# --- checksums ----------------------------------------------------------------------------------
+
+#: Published MD5 of each data file (torchvision's lists; the MNIST IDX and CIFAR-10 binary
+#: values as published with the data sets), by data set and path under the data folder.
+KNOWN_MD5: dict[str, dict[str, str]] = {
+    "mnist": {
+        "MNIST/raw/train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        "MNIST/raw/train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+        "MNIST/raw/t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+        "MNIST/raw/t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+        "MNIST/raw/train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+        "MNIST/raw/train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+        "MNIST/raw/t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+        "MNIST/raw/t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+    },
+    "cifar10": {
+        "cifar-10-batches-py/data_batch_1": "c99cafc152244af753f735de768cd75f",
+        "cifar-10-batches-py/data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+        "cifar-10-batches-py/data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+        "cifar-10-batches-py/data_batch_4": "634d18415352ddfa80567beed471001a",
+        "cifar-10-batches-py/data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+        "cifar-10-batches-py/test_batch": "40351d587109b95175f43aff81a1287e",
+        "cifar-10-batches-py/batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+        "cifar-10-batches-bin/data_batch_1.bin": "5dd7e06a14cb22eb9f671a540d1b7c25",
+        "cifar-10-batches-bin/data_batch_2.bin": "5ea93a67294ea407fff1d09f752e9692",
+        "cifar-10-batches-bin/data_batch_3.bin": "942cd6a4bcdd0dd3c604fbe906cb4421",
+        "cifar-10-batches-bin/data_batch_4.bin": "ae636b3ba5c66a11e91e8cb52e771fcb",
+        "cifar-10-batches-bin/data_batch_5.bin": "53f37980c15c3d472c316c40844f3f0d",
+        "cifar-10-batches-bin/test_batch.bin": "803d5f7f4d78ea53de84dbe85f74fb6d",
+    },
+    "cifar100": {
+        "cifar-100-python/train": "16019d7e3df5f24257cddd939b257f8d",
+        "cifar-100-python/test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
+        "cifar-100-python/meta": "7973b15100ade9c7d40fb424638fde48",
+    },
+}
+
+
+def verify_checksums(name: str, data_dir: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Compare the MD5 of every present file of data set ``name`` with its published value.
+
+    Returns the files checked; raises DataCorruptError on a mismatch and DataNotFoundError if
+    no file with a published checksum is present (e.g. CIFAR-100's binary version).
+    """
+    get_spec(name)
+    root = resolve_data_dir(data_dir)
+    checked = []
+    for relative, expected in KNOWN_MD5.get(name, {}).items():
+        path = root / relative
+        if not path.is_file():
+            continue
+        actual = formats.md5(path)
+        if actual != expected:
+            raise DataCorruptError(
+                f"{path} has MD5 {actual}, expected the published {expected}: the file is "
+                "corrupt or another version; delete it and download or copy it again"
+            )
+        checked.append(path)
+    if not checked:
+        raise DataNotFoundError(
+            f"no {name} file with a published checksum under {root.resolve()} "
+            "(checksums are known for MNIST, CIFAR-10 and CIFAR-100's python version)"
+        )
+    return checked
+
+
 # --- image folders ----------------------------------------------------------------------------
 
 
@@ -332,45 +399,76 @@ def _channel_stats(
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
+def _class_names(root: Path, classes: list[str]) -> list[str]:
+    """Readable names for class folders from Tiny ImageNet's ``words.txt`` (``wnid<TAB>name,
+    synonyms``) if present, else the folder names."""
+    words = root / "words.txt"
+    if not words.is_file():
+        return classes
+    table = {}
+    for line in words.read_text(errors="replace").splitlines():
+        wnid, _, text = line.partition("\t")
+        table[wnid.strip()] = text.split(",")[0].strip()
+    return [table.get(c) or c for c in classes]
+
+
 def _load_image_folder(
     root: Path, image_size: int, in_chans: int, num_workers: int
 ) -> tuple[DatasetSpec, Split, Split | None, Split]:
-    """Load ``root/train`` plus ``root/val`` and/or ``root/test`` (class sub-folders).
+    """Load ``root/train`` plus ``root/val`` and/or ``root/test``.
 
-    With both ``val/`` and ``test/`` present, they are used as they are; with only one of
-    them, it becomes the test split and validation is split off ``train/``.
+    Held-out folders either have class sub-folders like ``train/`` or, as in Tiny ImageNet,
+    an ``images/`` folder listed in ``val_annotations.txt`` (``file<TAB>class...``); a folder
+    with only unlabelled ``images/`` (Tiny ImageNet's ``test/``) is ignored. With two labelled
+    held-out folders, they are used as they are; with one, it becomes the test split and
+    validation is split off ``train/``.
     """
+    where = root.resolve()
     if not (root / "train").is_dir():
-        where = root.resolve()
         raise DataNotFoundError(
             f"image folder {where} has no train/ folder: put images in {where}/train/<class>/ "
             f"and {where}/test/<class>/ (optionally {where}/val/<class>/)"
         )
     files, labels, classes = formats.list_image_folder(root / "train")
     if not files:
-        raise DataNotFoundError(f"no images found under {(root / 'train').resolve()}/<class>/")
+        raise DataNotFoundError(f"no images found under {where / 'train'}/<class>/")
+    present = set(labels)
+    empty = [c for i, c in enumerate(classes) if i not in present]
+    if empty:
+        raise DataCorruptError(
+            f"class folder(s) without images in {where / 'train'}: {', '.join(empty[:5])} "
+            f"(image files end in {', '.join(formats.IMAGE_SUFFIXES)}); remove or fill them"
+        )
     index = {name: i for i, name in enumerate(classes)}
 
-    def load(folder: Path) -> Split:
-        paths, sub_labels, sub_classes = formats.list_image_folder(folder)
-        unknown = sorted(set(sub_classes) - set(index))
+    def labelled(folder: Path) -> tuple[list[Path], list[int]] | None:
+        annotations = folder / "val_annotations.txt"
+        if annotations.is_file():
+            paths, names = formats.read_annotations(annotations, folder / "images")
+        else:
+            paths, sub_labels, sub_classes = formats.list_image_folder(folder)
+            if sub_classes == ["images"] and "images" not in index:
+                return None  # unlabelled test images
+            names = [sub_classes[y] for y in sub_labels]
+        unknown = sorted(set(names) - set(index))
         if unknown:
             raise DataCorruptError(f"{folder} has classes not in train/: {', '.join(unknown[:5])}")
-        mapped = [index[sub_classes[y]] for y in sub_labels]
-        images = formats.decode_images(paths, image_size, in_chans, num_workers)
-        return Split(torch.from_numpy(images), torch.tensor(mapped, dtype=torch.int64))
+        return paths, [index[n] for n in names]
 
-    train = Split(
-        torch.from_numpy(formats.decode_images(files, image_size, in_chans, num_workers)),
-        torch.tensor(labels, dtype=torch.int64),
-    )
-    held_out = [root / n for n in ("val", "test") if (root / n).is_dir()]
+    def load(paths: list[Path], split_labels: list[int]) -> Split:
+        images = formats.decode_images(paths, image_size, in_chans, num_workers)
+        return Split(torch.from_numpy(images), torch.tensor(split_labels, dtype=torch.int64))
+
+    held_out = [labelled(root / n) for n in ("val", "test") if (root / n).is_dir()]
+    held_out = [h for h in held_out if h is not None and h[0]]
     if not held_out:
         raise DataNotFoundError(
-            f"image folder {root.resolve()} needs a test/ (or val/) folder with class sub-folders"
+            f"image folder {where} needs a labelled test/ (or val/) folder: class sub-folders, "
+            "or images/ with val_annotations.txt"
         )
-    val = load(held_out[0]) if len(held_out) == 2 else None
-    test = load(held_out[-1])
+    train = load(files, labels)
+    val = load(*held_out[0]) if len(held_out) == 2 else None
+    test = load(*held_out[-1])
     mean, std = _channel_stats(train.images)
     spec = DatasetSpec(
         "imagefolder",
@@ -381,7 +479,7 @@ def _load_image_folder(
         std,
         max(1, len(train) // 10),
         "crop_flip",
-        tuple(classes),
+        tuple(_class_names(root, classes)),
     )
     return spec, train, val, test
 
@@ -402,15 +500,19 @@ def load_dataset(
     image_size: int | None = None,
     in_chans: int | None = None,
     num_workers: int = 0,
+    verify: bool = False,
 ) -> ImageDataset:
     """Load a data set by name into memory, with seeded train/val split and optional subsets.
 
     ``val_size`` overrides the data set's default validation size; ``max_*_samples`` take
     seeded random subsets (after splitting, so the validation set never depends on them).
-    ``image_size`` / ``in_chans`` / ``num_workers`` only apply to ``imagefolder``.
+    ``image_size`` / ``in_chans`` / ``num_workers`` only apply to ``imagefolder``; ``verify``
+    checks published MD5 checksums first (:func:`verify_checksums`).
     """
     spec = get_spec(name)
     root = resolve_data_dir(data_dir)
+    if verify:
+        verify_checksums(name, root)
     if name == "imagefolder":
         spec, train, val, test = _load_image_folder(
             root, image_size or spec.image_size, in_chans or spec.in_chans, num_workers

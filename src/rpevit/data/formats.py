@@ -9,6 +9,7 @@ shape error later on.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import pickle
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,15 @@ _IDX_DTYPES = {
 
 CIFAR_PIXELS = 3 * 32 * 32
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+def md5(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex MD5 digest of a file, read in chunks."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -168,6 +178,24 @@ def list_image_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
         files.extend(found)
         labels.extend([index] * len(found))
     return files, labels, classes
+
+
+def read_annotations(path: Path, images: Path) -> tuple[list[Path], list[str]]:
+    """Files and class names from a Tiny ImageNet ``val_annotations.txt`` (``file<TAB>class
+    <TAB>box...`` per line), with the files under ``images``."""
+    files, names = [], []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) < 2:
+            raise DataCorruptError(f"{path} line {number}: expected 'file<TAB>class', got {line!r}")
+        file = images / parts[0].strip()
+        if not file.is_file():
+            raise DataCorruptError(f"{path} line {number}: {file} does not exist")
+        files.append(file)
+        names.append(parts[1].strip())
+    return files, names
 
 
 def decode_images(

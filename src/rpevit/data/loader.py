@@ -1,9 +1,12 @@
 """An in-memory batch iterator: seeded order, rank sharding, on-device augmentation, resumable.
 
-Everything random is a pure function of ``(seed, epoch, rank, batch index)``: the sample
-order of an epoch and each batch's augmentation. Lightning saves :meth:`state_dict` in
-checkpoints and calls :meth:`set_epoch` on ``loader.sampler`` every epoch, so a run
-resumed mid-epoch continues with exactly the batches the uninterrupted run would see.
+Everything random is a pure function of ``(seed, epoch)`` and the sample index: the sample
+order of an epoch and each sample's augmentation, whatever the batch size, rank or world
+size. So ``world_size`` processes with batch ``B / world_size`` each see, step by step, the
+same samples with the same augmentation as one process with batch ``B`` (DDP reproduces a
+single-process run). Lightning saves :meth:`state_dict` in checkpoints and calls
+:meth:`set_epoch` on ``loader.sampler`` every epoch, so a run resumed mid-epoch continues
+with exactly the batches the uninterrupted run would see.
 """
 
 from __future__ import annotations
@@ -77,9 +80,10 @@ class InMemoryLoader:
     """Yield ``(images, labels)`` batches of a :class:`Split`, transformed on ``device``.
 
     ``uint8`` batches are moved to ``device`` and turned into normalised float batches by
-    ``transform``; with ``augment`` each batch gets its own generator seeded by
-    ``(seed, epoch, rank, batch index)``. Implements Lightning's stateful-loader protocol
-    (``state_dict`` / ``load_state_dict``) for exact mid-epoch resume.
+    ``transform``; with ``augment`` the parameters of every sample of the split are drawn
+    at the start of each epoch from a generator seeded by ``(seed, epoch)``. Implements
+    Lightning's stateful-loader protocol (``state_dict`` / ``load_state_dict``) for exact
+    mid-epoch resume.
     """
 
     def __init__(
@@ -119,23 +123,24 @@ class InMemoryLoader:
         self.sampler.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        epoch, rank = self.sampler.epoch, self.sampler.rank
+        epoch = self.sampler.epoch
         start = 0
         if self._resume is not None and self._resume[0] == epoch:
             start = self._resume[1]
         self._resume = None
         self._progress = (epoch, start)
         order = self.sampler.indices()
+        params: dict[str, torch.Tensor] = {}
+        if self.augment:
+            generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
+            params = self.transform.draw(len(self.split), generator)
         non_blocking = self.device.type == "cuda"
         for i in range(start, len(self)):
             index = order[i * self.batch_size : (i + 1) * self.batch_size]
             images = self.split.images[index].to(self.device, non_blocking=non_blocking)
             labels = self.split.labels[index].to(self.device, non_blocking=non_blocking)
-            generator = None
-            if self.augment:
-                generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch, rank, i))
             self._progress = (epoch, i + 1)
-            yield self.transform(images, generator), labels
+            yield self.transform(images, {k: v[index] for k, v in params.items()}), labels
 
     def state_dict(self) -> dict[str, int]:
         """Epoch and number of batches already yielded in it."""

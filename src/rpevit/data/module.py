@@ -38,6 +38,7 @@ class ImageDataModule(L.LightningDataModule):
         image_size: int | None = None,
         in_chans: int | None = None,
         num_workers: int = 0,
+        verify: bool = False,
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
@@ -47,7 +48,7 @@ class ImageDataModule(L.LightningDataModule):
         self.seed, self.split_seed, self.augment = seed, split_seed, augment
         self.limits = (max_train_samples, max_val_samples, max_test_samples)
         self.download, self.image_size, self.in_chans = download, image_size, in_chans
-        self.num_workers, self.device = num_workers, device
+        self.num_workers, self.verify, self.device = num_workers, verify, device
         self.data: ImageDataset | None = None
         self._train_loader: InMemoryLoader | None = None
         self._train_state: dict[str, int] | None = None
@@ -69,6 +70,7 @@ class ImageDataModule(L.LightningDataModule):
                 image_size=self.image_size,
                 in_chans=self.in_chans,
                 num_workers=self.num_workers,
+                verify=self.verify,
             )
 
     @property

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import argparse
 import ast
+import sys
 from pathlib import Path
 from typing import Any
 
 from rpevit.data import list_datasets
-from rpevit.errors import ConfigError
+from rpevit.errors import ConfigError, TrainingInterrupted
+from rpevit.training.checkpointing import resume_checkpoint
 from rpevit.training.config import PRECISIONS, PRESETS, TrainConfig
-from rpevit.training.run import evaluate, find_checkpoint, load_checkpoint, train
+from rpevit.training.run import RESIZE_MODES, evaluate, find_checkpoint, train
 
 #: CLI options that become ``create_model`` options (``TrainConfig.model_options``).
 MODEL_OPTIONS = ("nb_features", "redraw_interval", "qk_norm", "pool", "ape", "dropout")
@@ -57,6 +59,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-val-samples", type=int, help="seeded subset of the validation split")
     g.add_argument("--max-test-samples", type=int, help="seeded subset of the test split")
     g.add_argument("--image-size", type=int, help="imagefolder only: resize images to this size")
+    g.add_argument("--in-chans", type=int, help="imagefolder only: 1 (grey) or 3 (RGB) channels")
+    g.add_argument(
+        "--verify-data",
+        action="store_true",
+        default=None,
+        help="check the data files' published MD5 checksums before training",
+    )
     g.add_argument("--no-augment", dest="augment", action="store_false", default=None)
     g.add_argument("--no-download", dest="download", action="store_false", default=None)
 
@@ -106,6 +115,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="continue from last.ckpt of this run, or of the given run folder / checkpoint",
     )
     g.add_argument("--overwrite", action="store_true", default=None, help="replace an existing run")
+    g.add_argument(
+        "--init-from",
+        metavar="RUN_OR_CKPT",
+        help="start from the weights of this run/checkpoint (e.g. a softmax model of the same "
+        "position encoding and sizes); only the new attention kernel's weights are fresh",
+    )
     g.add_argument("--checkpoint-every-n-steps", type=int, help="also save last.ckpt every N steps")
     g.add_argument("--accelerator", help="auto, cpu or gpu (default: auto)")
     g.add_argument("--devices", type=_devices, help="auto, a count, or ids like 0,1")
@@ -133,7 +148,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     options.update(dict(args.option or []))
     base: dict[str, Any] = {}
     if isinstance(args.resume, str):
-        stored = load_checkpoint(find_checkpoint(args.resume, "last.ckpt"))["hyper_parameters"]
+        stored = resume_checkpoint(args.resume)[1]["hyper_parameters"]
         base = dict(stored.get("config") or {})
         if not base:
             raise ConfigError(f"{args.resume} holds no training config to resume")
@@ -145,8 +160,23 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Handler of ``rpevit train``: train, then print the headline numbers."""
-    metrics = train(config_from_args(args))
+    """Handler of ``rpevit train``: train, then print the headline numbers.
+
+    SIGINT/SIGTERM during training save a checkpoint and exit with ``128 + signal number``
+    (130, 143) after a one-line message; so does Ctrl-C outside training (nothing to save).
+    """
+    try:
+        metrics = train(config_from_args(args))
+    except TrainingInterrupted as e:
+        print(f"rpevit train: {e}", file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt:
+        print(
+            "rpevit train: interrupted outside the training loop (loading data or evaluating): "
+            "run the same command with --resume if the run has checkpoints/last.ckpt",
+            file=sys.stderr,
+        )
+        return 130
     if metrics:
         run_dir = Path(metrics["checkpoint"]).parent.parent
         print(
@@ -157,6 +187,17 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sizes(text: str) -> tuple[int, ...]:
+    """``40`` or ``28,32,40`` -> a tuple of positive ints."""
+    try:
+        sizes = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive sizes like 28,32,40, got {text!r}")
+    return sizes
+
+
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``rpevit evaluate``."""
     parser.add_argument("path", help="run folder (uses checkpoints/best.ckpt) or a .ckpt file")
@@ -164,6 +205,26 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--batch-size", type=int, help="evaluation batch size")
     parser.add_argument("--max-test-samples", type=int, help="evaluate a seeded test subset")
+    parser.add_argument(
+        "--dataset",
+        help="evaluate on another data set with the same channels and classes "
+        "(default: the training data set)",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=_sizes,
+        default=(),
+        metavar="SIZE[,SIZE...]",
+        help="also evaluate the test set resized to these sizes (resolution transfer), "
+        "e.g. 28,32,40; results under resolution_transfer in the JSON",
+    )
+    parser.add_argument(
+        "--resize-mode",
+        choices=RESIZE_MODES,
+        default="pad",
+        help="pad: zero-pad around the image (objects keep their pixel size); "
+        "upscale: bilinear resize (objects grow with the image) (default: pad)",
+    )
     parser.add_argument(
         "--out",
         help="JSON file for the results (default: <run folder>/evaluation.json, or "
@@ -182,10 +243,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
         out = ckpt.with_name(f"{ckpt.stem}-evaluation.json")
     metrics = evaluate(
         ckpt,
+        dataset=args.dataset,
         data_dir=args.data_dir,
         device=args.device,
         batch_size=args.batch_size,
         max_test_samples=args.max_test_samples,
+        image_sizes=args.image_size,
+        resize_mode=args.resize_mode,
         out=out,
     )
     print(
@@ -193,4 +257,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
         f"{metrics['test_accuracy']:.4f}, mean NLL {metrics['mean_nll']:.4f}, "
         f"{metrics['inference_ms_per_sample']:.3f} ms/sample; results in {out}"
     )
+    transfer = metrics.get("resolution_transfer")
+    if transfer:
+        print(
+            f"resolution transfer ({transfer['resize_mode']}): "
+            + ", ".join(
+                f"{r['image_size']}px {r['test_accuracy']:.4f}" for r in transfer["results"]
+            )
+        )
     return 0

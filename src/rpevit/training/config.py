@@ -13,8 +13,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from rpevit.data import get_spec
 from rpevit.errors import ConfigError
+from rpevit.training.module import build_model
 
 #: Architecture and optimisation per preset and data set. ``paper``: the reported setting
 #: (patch 4, dim 256, depth 6, heads 8, MLP 512, batch 128, AdamW lr 1e-3). ``quick``: sized
@@ -117,9 +120,12 @@ class TrainConfig:
     max_test_samples: int | None = None
     augment: bool = True
     download: bool = True
+    verify_data: bool = False
     image_size: int | None = None
     in_chans: int | None = None
     num_workers: int = 0
+    #: run folder or checkpoint whose weights initialise the model (``--init-from``)
+    init_from: str | None = None
     # run
     seed: int = 0
     out: str = "runs"
@@ -207,6 +213,15 @@ def resolve_config(config: TrainConfig | Mapping[str, Any]) -> TrainConfig:
         raise ConfigError("weight decay and warm-up must be >= 0 and min-lr-ratio in [0, 1]")
     if not 0 <= config.label_smoothing < 1:
         raise ConfigError(f"label smoothing must be in [0, 1), got {config.label_smoothing}")
+    if config.dataset != "imagefolder" and (
+        config.image_size not in (None, spec.image_size)
+        or config.in_chans not in (None, spec.in_chans)
+    ):
+        raise ConfigError(
+            f"{config.dataset} images are {spec.in_chans}x{spec.image_size}x{spec.image_size}; "
+            "--image-size and --in-chans can only be chosen for imagefolder (to evaluate at "
+            "another resolution use `rpevit evaluate RUN --image-size ...`)"
+        )
     image_size = config.image_size or spec.image_size
     if image_size % config.patch_size:
         raise ConfigError(
@@ -218,6 +233,14 @@ def resolve_config(config: TrainConfig | Mapping[str, Any]) -> TrainConfig:
     if config.precision not in PRECISIONS:
         raise ConfigError(
             f"unknown precision {config.precision!r}; choose one of {', '.join(PRECISIONS)}"
+        )
+    # Build the model once now, so bad model options fail before any data is read.
+    with torch.random.fork_rng(devices=[]):  # and leave the global RNG untouched
+        build_model(
+            config.model,
+            config.model_kwargs(
+                max(2, spec.num_classes), config.in_chans or spec.in_chans, image_size
+            ),
         )
     return config
 

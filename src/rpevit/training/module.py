@@ -13,7 +13,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from rpevit.errors import ConfigError, RpevitError
+from rpevit.errors import ConfigError, NonFiniteLossError, RpevitError
 
 #: Parameters whose name contains one of these are position tables / frequencies / tokens:
 #: decaying them towards 0 would fight the geometry they encode, so they get no weight decay.
@@ -59,9 +59,12 @@ class ImageClassifier(L.LightningModule):
     """Classifier training around ``rpevit.create_model(model_name, **model_kwargs)``.
 
     Hyper-parameters are plain values so checkpoints load with ``weights_only=True``;
-    ``config`` (the resolved training config) rides along so evaluation can rebuild the data.
+    ``config`` (the resolved training config) rides along so evaluation can rebuild the data;
+    ``init_from`` records the checkpoint the weights were transferred from (set by ``train``).
     The global torch RNG state is saved in checkpoints so that a resumed run draws the same
-    random numbers (e.g. dropout masks) as an uninterrupted one.
+    random numbers (e.g. dropout masks) as an uninterrupted one. A NaN/Inf loss or gradient
+    raises :class:`NonFiniteLossError` before the optimizer step, so the weights (and every
+    checkpoint) stay finite.
     """
 
     def __init__(
@@ -75,6 +78,7 @@ class ImageClassifier(L.LightningModule):
         min_lr_ratio: float = 0.01,
         label_smoothing: float = 0.1,
         config: dict[str, Any] | None = None,
+        init_from: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -83,6 +87,7 @@ class ImageClassifier(L.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_loss = MeanMetric()
+        self._loss: torch.Tensor | None = None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
@@ -93,6 +98,7 @@ class ImageClassifier(L.LightningModule):
         images, labels = batch
         logits = self.model(images)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.hparams.label_smoothing)
+        self._loss = loss.detach()
         self.train_acc(logits, labels)
         self.log(
             "train/loss",
@@ -105,6 +111,29 @@ class ImageClassifier(L.LightningModule):
         )
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(labels))
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Stop before a NaN/Inf loss or gradient reaches the weights.
+
+        Under DDP the decision is OR-reduced over ranks so that every rank stops at the same
+        step. With fp16 mixed precision inf gradients are expected (the grad scaler skips
+        those steps), so only the loss is checked there.
+        """
+        loss = self._loss
+        bad = loss is not None and not bool(torch.isfinite(loss))
+        if self.trainer.precision != "16-mixed":
+            grads = [p.grad for p in self.parameters() if p.grad is not None]
+            bad = bad or not bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
+            what = f"loss is {float(loss)}" if loss is not None else "loss is not finite"
+            if loss is not None and bool(torch.isfinite(loss)):
+                what = f"gradient is not finite (loss {float(loss):.4g})"
+            raise NonFiniteLossError(
+                f"training {what} at step {self.trainer.global_step + 1} "
+                f"(epoch {self.current_epoch}); the step was not applied"
+            )
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, labels = batch

@@ -5,10 +5,15 @@ A run lives in one folder (``<out>/<run_name>``)::
 
     config.json                resolved training config
     checkpoints/best.ckpt      best validation accuracy
-    checkpoints/last.ckpt      latest state (epoch end, or every N steps); --resume uses it
+    checkpoints/last.ckpt      latest state (epoch end, every N steps, on SIGINT/SIGTERM);
+                               --resume uses it (best.ckpt if it is unreadable)
     logs/tensorboard/          TensorBoard events (a resumed run appends)
     logs/csv/version_<k>/      metrics.csv per start (0: first, 1: first resume, ...)
-    metrics.json               test metrics of best.ckpt (DESIGN.md section 6), written atomically
+    metrics.json               test metrics of best.ckpt (DESIGN.md section 6)
+
+Every file is written atomically (temporary file + ``os.replace``), so a run killed at any
+point (even with SIGKILL) resumes with ``--resume`` and ends with the same metrics as an
+uninterrupted run.
 """
 
 from __future__ import annotations
@@ -21,13 +26,16 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_only
 
-from rpevit.data import ImageDataModule, InMemoryLoader, Split
+from rpevit.atomic import remove_stale_temporaries
+from rpevit.data import DatasetSpec, ImageDataModule, InMemoryLoader, Split, get_spec
 from rpevit.data.augment import BatchTransform, normalize
-from rpevit.errors import CheckpointError, ConfigError
+from rpevit.errors import CheckpointError, ConfigError, NonFiniteLossError
 from rpevit.metrics import (
     classification_metrics,
     count_parameters,
@@ -39,7 +47,17 @@ from rpevit.metrics import (
     peak_memory_mb,
     write_json_atomic,
 )
-from rpevit.training.callbacks import EpochTimer
+from rpevit.training.callbacks import EpochTimer, GracefulStop
+from rpevit.training.checkpointing import (
+    BEST,
+    CHECKPOINT_DIR,
+    LAST,
+    AtomicCheckpointIO,
+    find_checkpoint,
+    load_checkpoint,
+    resume_checkpoint,
+    transfer_weights,
+)
 from rpevit.training.config import (
     TrainConfig,
     check_precision,
@@ -48,42 +66,16 @@ from rpevit.training.config import (
 )
 from rpevit.training.module import ImageClassifier
 
-CHECKPOINT_DIR = "checkpoints"
-BEST, LAST = "best.ckpt", "last.ckpt"
+#: How images are brought to another resolution by ``evaluate(image_sizes=...)``.
+RESIZE_MODES = ("pad", "upscale")
+
+#: Lightning DDP strategy names -> process start method (see :func:`_strategy`).
+_DDP_START_METHODS = {"ddp": "popen", "ddp_spawn": "spawn", "ddp_fork": "fork"}
 
 
 def _one_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}"
-
-
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a training checkpoint safely (``weights_only=True``) onto the CPU and check that
-    it was written by :func:`train`."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} not found")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling, truncation, zip errors: all mean "unreadable"
-        raise CheckpointError(f"cannot read checkpoint {path} ({_one_line(e)})") from e
-    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-    if not hparams or "model_name" not in hparams or "state_dict" not in checkpoint:
-        raise CheckpointError(f"{path} is not an rpevit training checkpoint")
-    return checkpoint
-
-
-def find_checkpoint(run_dir_or_ckpt: str | os.PathLike[str], name: str = BEST) -> Path:
-    """A checkpoint file itself, or ``<run>/checkpoints/<name>`` (falling back to last)."""
-    path = Path(run_dir_or_ckpt)
-    if path.is_file():
-        return path
-    if not path.is_dir():
-        raise CheckpointError(f"{path} is neither a run folder nor a checkpoint file")
-    for candidate in (name, LAST):
-        if (path / CHECKPOINT_DIR / candidate).is_file():
-            return path / CHECKPOINT_DIR / candidate
-    raise CheckpointError(f"run folder {path} has no {CHECKPOINT_DIR}/{name} or {LAST}")
 
 
 def _resolve_accelerator(config: TrainConfig) -> str:
@@ -99,23 +91,22 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def _prepare_run_dir(config: TrainConfig) -> tuple[Path, Path | None]:
-    """The run folder and the checkpoint to resume from (None for a fresh run)."""
+    """The run folder and the checkpoint to resume from (None for a fresh run).
+
+    Temporary files left by a writer that was killed are removed (by the first process).
+    """
     run_dir = config.run_dir
     if config.resume:
-        if config.resume is True or config.resume == "last":
-            ckpt = run_dir / CHECKPOINT_DIR / LAST
-        else:
-            resume = Path(config.resume)
-            ckpt = resume / CHECKPOINT_DIR / LAST if resume.is_dir() else resume
-        if not ckpt.is_file():
-            raise CheckpointError(f"nothing to resume: {ckpt} does not exist")
-        mismatch = identity_mismatch(
-            load_checkpoint(ckpt)["hyper_parameters"].get("config") or {}, config
-        )
+        source = run_dir if config.resume is True or config.resume == "last" else config.resume
+        ckpt, checkpoint = resume_checkpoint(source)
+        mismatch = identity_mismatch(checkpoint["hyper_parameters"].get("config") or {}, config)
         if mismatch:
             raise CheckpointError(f"{ckpt} belongs to a different run ({'; '.join(mismatch)})")
         if ckpt.parent.name == CHECKPOINT_DIR:
             run_dir = ckpt.parent.parent
+        if rank_zero_only.rank == 0:
+            for folder in (run_dir, run_dir / CHECKPOINT_DIR):
+                remove_stale_temporaries(folder)
         return run_dir, ckpt
     # Only the first process decides about existing folders; DDP workers start later.
     if rank_zero_only.rank == 0 and any((run_dir / CHECKPOINT_DIR).glob("*.ckpt")):
@@ -128,13 +119,27 @@ def _prepare_run_dir(config: TrainConfig) -> tuple[Path, Path | None]:
     return run_dir, None
 
 
+def _strategy(name: str) -> str | DDPStrategy:
+    """Lightning strategy for ``name``; DDP variants without buffer broadcasting.
+
+    Every buffer of these models is either constant or a deterministic function of the step
+    (FAVOR+ projections are redrawn from a stored seed), so each rank already holds the same
+    values (tested); broadcasting them would add a collective to every forward pass,
+    including evaluation, where ranks may see different numbers of batches and would hang.
+    """
+    if name in _DDP_START_METHODS:
+        return DDPStrategy(start_method=_DDP_START_METHODS[name], broadcast_buffers=False)
+    return name
+
+
 def build_trainer(
     config: TrainConfig,
     run_dir: Path,
     callbacks: Sequence[L.Callback] = (),
 ) -> L.Trainer:
-    """Lightning Trainer: checkpoints (best by val accuracy + last), TensorBoard and CSV logs,
-    gradient clipping, precision, devices and determinism from ``config``."""
+    """Lightning Trainer: checkpoints (best by val accuracy + last, saved atomically),
+    TensorBoard and CSV logs, gradient clipping, precision, devices, strategy and determinism
+    from ``config``."""
     accelerator = _resolve_accelerator(config)
     check_precision(config.precision, accelerator)
     deterministic = config.deterministic
@@ -172,7 +177,7 @@ def build_trainer(
             accelerator=accelerator,
             devices=config.devices,
             num_nodes=config.num_nodes,
-            strategy=config.strategy,
+            strategy=_strategy(config.strategy),
             precision=config.precision,
             max_epochs=config.epochs,
             max_steps=config.max_steps or -1,
@@ -184,7 +189,8 @@ def build_trainer(
             log_every_n_steps=config.log_every_n_steps,
             enable_progress_bar=config.progress_bar,
             enable_model_summary=config.progress_bar,
-            use_distributed_sampler=False,
+            use_distributed_sampler=False,  # ImageDataModule shards by rank itself
+            plugins=[AtomicCheckpointIO()],
         )
     except (ValueError, TypeError, RuntimeError) as e:  # MisconfigurationException is a ValueError
         raise ConfigError(f"cannot set up training: {_one_line(e)}") from e
@@ -219,6 +225,7 @@ def train(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[L.Call
         image_size=config.image_size,
         in_chans=config.in_chans,
         num_workers=config.num_workers,
+        verify=config.verify_data,
     )
     spec = datamodule.spec  # loads the data now: a missing data set fails before any setup
     module = ImageClassifier(
@@ -231,13 +238,24 @@ def train(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[L.Call
         label_smoothing=config.label_smoothing,
         config=config.to_dict(),
     )
+    if config.init_from and resume_from is None:  # a resumed run has its weights already
+        module.hparams.init_from = transfer_weights(module.model, config.init_from)
     timer = EpochTimer()
-    trainer = build_trainer(config, run_dir, [timer, *callbacks])
+    stopper = GracefulStop(run_dir / CHECKPOINT_DIR / LAST)
+    trainer = build_trainer(config, run_dir, [timer, stopper, *callbacks])
     if trainer.is_global_zero:
         write_json_atomic(run_dir / "config.json", config.to_dict())
     if trainer.strategy.root_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(trainer.strategy.root_device)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    except NonFiniteLossError as e:
+        raise NonFiniteLossError(f"{e}; {_last_good(trainer, resume_from, run_dir)}") from None
+    if stopper.signum is not None:  # the signal came during the last validation
+        raise stopper.interruption(
+            "after training finished, before the test evaluation: "
+            f"`rpevit train --resume {run_dir}` evaluates"
+        )
     if not trainer.is_global_zero:
         return {}
     metrics = evaluate_checkpoint(
@@ -250,6 +268,22 @@ def train(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[L.Call
     metrics["train_seconds_epochs"] = timer.epoch_seconds
     write_json_atomic(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def _last_good(trainer: L.Trainer, resume_from: Path | None, run_dir: Path) -> str:
+    """Where to continue after a non-finite loss: the newest checkpoint, saved before it."""
+    io = trainer.strategy.checkpoint_io
+    saved = io.last_saved if isinstance(io, AtomicCheckpointIO) else None
+    if saved is not None:
+        where = f"{saved[0]} (after step {saved[1]})"
+    elif resume_from is not None:
+        where = str(resume_from)
+    else:
+        return "no checkpoint was saved before it: start again with a lower --lr (--overwrite)"
+    return (
+        f"last good checkpoint: {where}; continue from it with a lower learning rate: "
+        f"`rpevit train --resume {run_dir} --lr ...`"
+    )
 
 
 @torch.inference_mode()
@@ -273,26 +307,129 @@ def _timer_state(checkpoint: Mapping[str, Any]) -> EpochTimer | None:
     return timer
 
 
+def _check_resize_mode(mode: str) -> None:
+    if mode not in RESIZE_MODES:
+        raise ConfigError(f"unknown resize mode {mode!r}; choose one of {', '.join(RESIZE_MODES)}")
+
+
+def resize_images(images: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    """``uint8 [N, C, H, W]`` images brought to ``size x size`` for resolution transfer.
+
+    ``pad``: zero-pad evenly around the image (centre-crop if ``size`` is smaller): objects
+    keep their pixel size and the canvas grows, natural for MNIST digits on black.
+    ``upscale``: bilinear resampling of the whole image (antialiased when shrinking): objects
+    grow with the canvas, so each patch covers a smaller part of the object.
+    """
+    _check_resize_mode(mode)
+    h, w = images.shape[-2:]
+    if mode == "upscale":
+        if (h, w) == (size, size):
+            return images
+        x = F.interpolate(
+            images.float(),
+            size=(size, size),
+            mode="bilinear",
+            align_corners=False,
+            antialias=size < min(h, w),
+        )
+        return x.round_().clamp_(0, 255).to(torch.uint8)
+    top, left = (size - h) // 2, (size - w) // 2  # negative: crop
+    return F.pad(images, (left, size - w - left, top, size - h - top))
+
+
+def resolution_transfer(
+    model: torch.nn.Module,
+    test: Split,
+    spec: DatasetSpec,
+    sizes: Sequence[int],
+    mode: str,
+    batch_size: int,
+    device: torch.device,
+) -> list[dict[str, Any]]:
+    """Test accuracy / NLL of ``model`` on the test images resized to each of ``sizes``.
+
+    Each position encoding applies its own rule for a grid it was not trained on (APE:
+    bicubic interpolation of the table; RPE: offsets beyond the trained range clamped;
+    RoPE/STRING: the rotations extrapolate). Models with a fixed token count (Linformer)
+    cannot change resolution: that is a ConfigError.
+    """
+    patch = model.config.patch_size
+    bad = [s for s in sizes if s < 1 or s % patch]
+    if bad:
+        raise ConfigError(
+            f"image size(s) {', '.join(map(str, bad))} are not positive multiples of the "
+            f"model's patch size {patch}"
+        )
+    results = []
+    for size in sizes:
+        split = Split(resize_images(test.images, size, mode), test.labels)
+        transform = BatchTransform(spec.mean, spec.std)
+        loader = InMemoryLoader(split, batch_size, transform, device=device)
+        try:
+            logits, labels = predict(model, loader)
+        except ValueError as e:
+            raise ConfigError(
+                f"{model.model_name} cannot be evaluated at {size}x{size}: {_one_line(e)}"
+            ) from e
+        scores = classification_metrics(logits, labels, spec.num_classes)
+        results.append(
+            {
+                "image_size": size,
+                "patch_tokens": (size // patch) ** 2,
+                "test_accuracy": scores["accuracy"],
+                "test_top5_accuracy": scores["top5_accuracy"],
+                "mean_nll": scores["mean_nll"],
+            }
+        )
+    return results
+
+
+def _check_data_fits(
+    path: Path, model_kwargs: Mapping[str, Any], trained_on: str, spec: DatasetSpec
+) -> None:
+    """Refuse to evaluate a model on data with other channels or classes than it was built for."""
+    want = (model_kwargs["in_chans"], model_kwargs["num_classes"])
+    if (spec.in_chans, spec.num_classes) != want:
+        raise ConfigError(
+            f"{path} is a model for {want[0]}-channel images and {want[1]} classes "
+            f"(trained on {trained_on}); {spec.name} has {spec.in_chans}-channel images and "
+            f"{spec.num_classes} classes"
+        )
+
+
 def evaluate_checkpoint(
     ckpt_path: str | os.PathLike[str],
     *,
     datamodule: ImageDataModule | None = None,
+    dataset: str | None = None,
     data_dir: str | os.PathLike[str] | None = None,
     device: str | torch.device | None = None,
     batch_size: int | None = None,
     inference_batch_size: int = 128,
     max_test_samples: int | None = None,
+    image_sizes: Sequence[int] = (),
+    resize_mode: str = "pad",
 ) -> dict[str, Any]:
     """All DESIGN.md section 6 metrics of one checkpoint on its data set's val and test splits.
 
     The data comes from ``datamodule`` or is reloaded from the checkpoint's config (with
-    ``data_dir`` / ``max_test_samples`` overriding it). Evaluation runs in float32 on
-    ``device`` (default: CUDA if available). Timing of training epochs comes from the
-    checkpoint's :class:`EpochTimer` state.
+    ``dataset`` / ``data_dir`` / ``max_test_samples`` overriding it; another data set must
+    have the same channels and classes). Evaluation runs in float32 on ``device`` (default:
+    CUDA if available). Timing of training epochs comes from the checkpoint's
+    :class:`EpochTimer` state. ``image_sizes`` adds a ``resolution_transfer`` record: test
+    accuracy with the images resized by ``resize_mode`` (see :func:`resize_images`).
     """
+    ckpt_path = Path(ckpt_path)
     checkpoint = load_checkpoint(ckpt_path)
     hparams = dict(checkpoint["hyper_parameters"])
     stored = dict(hparams.get("config") or {})
+    model_kwargs = hparams.get("model_kwargs") or {}
+    _check_resize_mode(resize_mode)
+    trained_on = stored.get("dataset", "mnist")
+    dataset = dataset or trained_on
+    imagefolder = dataset == "imagefolder"
+    if datamodule is None and not imagefolder:  # a named data set's shape is known already
+        _check_data_fits(ckpt_path, model_kwargs, trained_on, get_spec(dataset))
     device = _resolve_device(device)
     module = ImageClassifier(**hparams)
     try:
@@ -302,18 +439,20 @@ def evaluate_checkpoint(
     model = module.model.to(device).eval()
 
     if datamodule is None:
+        size = model_kwargs.get("image_size")
         datamodule = ImageDataModule(
-            stored.get("dataset", "mnist"),
+            dataset,
             data_dir if data_dir is not None else stored.get("data_dir"),
             split_seed=stored.get("split_seed", 42),
             max_val_samples=stored.get("max_val_samples"),
             max_test_samples=max_test_samples or stored.get("max_test_samples"),
             download=False,
-            image_size=stored.get("image_size"),
-            in_chans=stored.get("in_chans"),
+            image_size=(size if isinstance(size, int) else None) if imagefolder else None,
+            in_chans=model_kwargs.get("in_chans") if imagefolder else None,
             num_workers=stored.get("num_workers", 0),
         )
     spec = datamodule.spec
+    _check_data_fits(ckpt_path, model_kwargs, trained_on, spec)
     data = datamodule.data
     assert data is not None
     batch_size = batch_size or datamodule.eval_batch_size
@@ -325,6 +464,15 @@ def evaluate_checkpoint(
     test_logits, test_labels = predict(model, loader(data.test))
     scores = classification_metrics(test_logits, test_labels, spec.num_classes, spec.class_names)
     val_scores = classification_metrics(val_logits, val_labels, spec.num_classes)
+    transfer = None
+    if image_sizes:
+        transfer = {
+            "resize_mode": resize_mode,
+            "trained_image_size": list(data.test.images.shape[-2:]),
+            "results": resolution_transfer(
+                model, data.test, spec, image_sizes, resize_mode, batch_size, device
+            ),
+        }
     params = count_parameters(model)
     criteria = information_criteria(
         scores["log_likelihood"], params["trainable"], scores["num_samples"]
@@ -341,7 +489,9 @@ def evaluate_checkpoint(
         "checkpoint": str(ckpt_path),
         "checkpoint_epoch": checkpoint.get("epoch"),
         "checkpoint_step": checkpoint.get("global_step"),
+        "init_from": hparams.get("init_from"),
         "val_accuracy": val_scores["accuracy"],
+        "val_top5_accuracy": val_scores["top5_accuracy"],
         "test_accuracy": scores["accuracy"],
         "test_top5_accuracy": scores["top5_accuracy"],
         "precision_macro": scores["precision_macro"],
@@ -364,6 +514,7 @@ def evaluate_checkpoint(
         "torch_version": torch.__version__,
         "git_commit": git_commit(),
         "config": stored,
+        **({"resolution_transfer": transfer} if transfer else {}),
         **environment_info(),
     }
 
@@ -371,10 +522,13 @@ def evaluate_checkpoint(
 def evaluate(
     run_dir_or_ckpt: str | os.PathLike[str],
     *,
+    dataset: str | None = None,
     data_dir: str | os.PathLike[str] | None = None,
     device: str | torch.device | None = None,
     batch_size: int | None = None,
     max_test_samples: int | None = None,
+    image_sizes: Sequence[int] = (),
+    resize_mode: str = "pad",
     out: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run's best checkpoint (or a given checkpoint file); write JSON to ``out`` if
@@ -382,10 +536,13 @@ def evaluate(
     ckpt = find_checkpoint(run_dir_or_ckpt)
     metrics = evaluate_checkpoint(
         ckpt,
+        dataset=dataset,
         data_dir=data_dir,
         device=device,
         batch_size=batch_size,
         max_test_samples=max_test_samples,
+        image_sizes=image_sizes,
+        resize_mode=resize_mode,
     )
     last = ckpt.parent / LAST
     if last.is_file() and last != ckpt:
