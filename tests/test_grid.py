@@ -121,23 +121,26 @@ def test_cli_passes_train_options_and_reports_failures(tmp_path, monkeypatch, ca
     monkeypatch.setattr(grid, "train", fake)
     parser = argparse.ArgumentParser()
     add_grid_arguments(parser)
-    argv = ["--models", "relu-ape,softmax-ape", "--seeds", "3,4", "--out", str(tmp_path)]
+    argv = ["--models", "relu-ape,softmax-rope", "--seeds", "3,4", "--out", str(tmp_path)]
     argv += ["--epochs", "2", "--dim", "16", "--max-train-samples", "100", "--preset", "quick"]
-    argv += ["--shard", "1/2", "--option", "rope_mode=mixed"]
+    argv += ["--shard", "1/2", "--option", "rope_mode=mixed", "--qk-norm"]
     assert run_grid_command(parser.parse_args(argv)) == 1  # relu-ape seed 3 failed
-    assert [(c.model, c.seed) for c in fake.calls] == [("relu-ape", 3), ("softmax-ape", 3)]
+    assert [(c.model, c.seed) for c in fake.calls] == [("relu-ape", 3), ("softmax-rope", 3)]
     config = fake.calls[1]
     assert (config.epochs, config.dim, config.max_train_samples) == (2, 16, 100)
-    assert config.model_options == {"rope_mode": "mixed"}
+    assert config.model_options == {"rope_mode": "mixed", "qk_norm": True}
+    assert fake.calls[0].model_options == {"qk_norm": True}  # rope_mode is for RoPE models
     summary = json.loads((tmp_path / "grid_summary.shard-1-of-2.json").read_text())
     status = {(r["model"], r["seed"]): r["status"] for r in summary["runs"]}
     assert status == {
         ("relu-ape", 3): "failed",
         ("relu-ape", 4): "pending",
-        ("softmax-ape", 3): "finished",
-        ("softmax-ape", 4): "pending",
+        ("softmax-rope", 3): "finished",
+        ("softmax-rope", 4): "pending",
     }
-    assert "[2/2] softmax-ape seed 3: done" in capsys.readouterr().out
+    assert "[2/2] softmax-rope seed 3: done" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="none of the models"):
+        run_grid_command(parser.parse_args(["--models", "relu-ape", *argv[2:]]))
     with pytest.raises(SystemExit):  # the grid resumes by itself
         parser.parse_args(["--resume"])
     with pytest.raises(SystemExit):

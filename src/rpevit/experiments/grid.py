@@ -25,7 +25,14 @@ from typing import Any
 
 from rpevit.errors import ConfigError
 from rpevit.metrics import write_json_atomic
-from rpevit.registry import CORE_MODELS, list_available_models
+from rpevit.registry import (
+    BACKBONE_OPTIONS,
+    CORE_MODELS,
+    KERNELS,
+    POSITIONS,
+    list_available_models,
+    parse_model_name,
+)
 from rpevit.training import TrainConfig, resolve_config, train
 from rpevit.training.config import RUN_IDENTITY
 from rpevit.training.run import CHECKPOINT_DIR, LAST
@@ -84,8 +91,17 @@ def run_folder(out: Path, run: GridRun) -> Path:
     return out / run.model / f"seed{run.seed}"
 
 
+def options_for(model: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The model options that apply to ``model`` (e.g. ``rope_mode`` only to RoPE variants,
+    ``nb_features`` only to linear kernels), so one set of options can serve a whole grid."""
+    kernel, position = parse_model_name(model)
+    keys = {*BACKBONE_OPTIONS, *KERNELS[kernel][1], *POSITIONS[position][1]}
+    return {key: value for key, value in options.items() if key in keys}
+
+
 def run_config(base: TrainConfig, run: GridRun, out: Path) -> TrainConfig:
-    """The training config of one run: ``base`` with the run's model, seed and folder."""
+    """The training config of one run: ``base`` with the run's model, seed, folder and the
+    model options that apply to it."""
     return dataclasses.replace(
         base,
         model=run.model,
@@ -93,7 +109,7 @@ def run_config(base: TrainConfig, run: GridRun, out: Path) -> TrainConfig:
         out=str(out / run.model),
         run_name=f"seed{run.seed}",
         resume=None,
-        model_options=dict(base.model_options),
+        model_options=options_for(run.model, base.model_options),
     )
 
 
@@ -177,6 +193,11 @@ def run_grid(
     models = list(models) if models else list(CORE_MODELS)
     out = Path(out) if out is not None else Path("runs") / f"grid-{base.dataset}-{base.preset}"
     runs = plan_grid(models, seeds)
+    unused = set(base.model_options).difference(
+        *(options_for(m, base.model_options) for m in models)
+    )
+    if unused:
+        raise ConfigError(f"option(s) {', '.join(sorted(unused))} apply to none of the models")
     selected = shard_runs(runs, *shard) if shard else runs
     configs = {run: resolve_config(run_config(base, run, out)) for run in selected}
     conflicts = [
