@@ -47,7 +47,7 @@ def test_layer_writes_outputs_with_memory(tmp_path, threads):
     record = run("layer", tmp_path, models="softmax-ape,favor-ape,favor-rpe")
     timed = [r for r in record["rows"] if "time_ms" in r]
     labels = {r["label"] for r in timed}
-    assert {"favor-rpe[quadratic]", "favor-rpe[fft]", "softmax-ape"} <= labels
+    assert {"favor-rpe", "favor-rpe[fft]", "softmax-ape"} <= labels
     assert all(r["time_ms"] > 0 and len(r["times_s"]) >= 1 for r in timed)
     assert all(r["peak_mib"] is not None and r["peak_mib"] >= 0 for r in timed)
     assert set(record["summary"]) >= {"favor_rpe_vs_ape", "fft_vs_quadratic"}
@@ -105,9 +105,9 @@ def test_favor_error_shrinks_with_features():
     generator = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 4, 64, 16, generator=generator, dtype=torch.float64) * s
                for s in (0.5, 0.5, 1.0))  # fmt: skip
-    errors = [favor_error(q, k, v, m, draws=4, seed=1) for m in (16, 256, 1024)]
+    errors = [favor_error(q, k, v, m, draws=4, seed=1) for m in (16, 128, 512)]
     assert errors[0] > errors[1] > errors[2] > 0
-    assert errors[0] / errors[2] > 4  # ~ sqrt(1024 / 16) = 8 for an m^-1/2 error
+    assert errors[0] / errors[2] > 3  # ~ sqrt(512 / 16) = 5.7 for an m^-1/2 error
 
 
 def test_relative_error_and_l2_normalise():

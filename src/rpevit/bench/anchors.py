@@ -29,6 +29,7 @@ from rpevit.bench.common import (
     md_table,
     median,
     new_record,
+    preset_settings,
     ratio,
     time_interleaved,
     verdict,
@@ -256,7 +257,7 @@ def summarise(record: dict) -> dict:
 
 def run(ctx: BenchContext) -> dict:
     """All three anchor comparisons."""
-    s = SETTINGS[ctx.preset]
+    s = preset_settings(SETTINGS, ctx)
     start = time.perf_counter()
     versions = {dist: version(dist) for dist, module in PACKAGES.items() if installed(module)}
     record = new_record(ctx, "anchors", {**s, "anchor_versions": versions})

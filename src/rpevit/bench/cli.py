@@ -60,6 +60,11 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated variants for layer/scaling/ceiling (default: all 12)",
     )
     parser.add_argument(
+        "--tokens",
+        default=None,
+        help="comma-separated patch-token counts (perfect squares) for layer/scaling/anchors",
+    )
+    parser.add_argument(
         "--no-memory", action="store_true", help="skip the peak-memory subprocesses"
     )
     parser.add_argument(
@@ -81,7 +86,11 @@ def context_from_args(args: argparse.Namespace) -> BenchContext:
     for name, value in (("--warmup", args.warmup), ("--repeats", args.repeats)):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
+    tokens = [int(t) for t in args.tokens.split(",")] if args.tokens else None
+    if tokens and any(t < 1 or int(t**0.5) ** 2 != t for t in tokens):
+        raise ValueError(f"--tokens must be perfect squares (square grids), got {args.tokens}")
     return BenchContext(
+        tokens=tokens,
         preset=preset,
         out=args.out,
         warmup=args.warmup or warmup,

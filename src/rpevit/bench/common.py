@@ -42,9 +42,18 @@ class BenchContext:
     memory: bool = True
     compile: bool = False
     models: list[str] = field(default_factory=lambda: list(VARIANTS))
+    tokens: list[int] | None = None  # overrides the preset's token counts (layer/scaling/anchors)
     seed: int = 0
     command: str = field(default_factory=lambda: command_line())
     arguments: dict = field(default_factory=dict)  # the parsed bench arguments
+
+
+def preset_settings(table: dict[str, dict], ctx: BenchContext) -> dict:
+    """A copy of ``table[ctx.preset]`` with ``tokens`` replaced by ``ctx.tokens`` if given."""
+    settings = dict(table[ctx.preset])
+    if ctx.tokens and "tokens" in settings:
+        settings["tokens"] = list(ctx.tokens)
+    return settings
 
 
 def command_line() -> str:
@@ -64,21 +73,34 @@ def time_once(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
+#: Calls slower than this many timing budgets are timed once (their warm-up call).
+SLOW_CALLS = 5
+
+
+def log(message: str) -> None:
+    """Progress line on stderr (stdout carries the tables)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def time_interleaved(
     fns: dict[str, Callable[[], Any]], *, warmup: int, repeats: int, budget_s: float
 ) -> dict[str, list[float]]:
     """Timed seconds per callable, run round-robin after ``max(warmup, 1)`` warm-up calls each.
 
-    A callable gets ``repeats`` timed calls, or fewer (never below ``min(3, repeats)``) if its
-    last warm-up call says ``repeats`` calls would exceed ``budget_s`` seconds.
+    A callable gets ``repeats`` timed calls, or as many as fit in ``budget_s`` seconds by its
+    last warm-up call, but at least ``min(3, repeats)``, or 1 if one call exceeds the budget.
+    A call slower than ``SLOW_CALLS x budget_s`` is not repeated: its warm-up call is the
+    sample (one-time initialisation is negligible at that length).
     """
-    targets = {}
+    targets, times = {}, {name: [] for name in fns}
     for name, fn in fns.items():
         for _ in range(max(warmup, 1)):
             estimate = time_once(fn)
-        affordable = int(budget_s / max(estimate, 1e-9))
-        targets[name] = max(min(3, repeats), min(repeats, affordable))
-    times: dict[str, list[float]] = {name: [] for name in fns}
+        floor = 1 if estimate > budget_s else min(3, repeats)
+        targets[name] = max(floor, min(repeats, int(budget_s / max(estimate, 1e-9))))
+        if estimate > SLOW_CALLS * budget_s:
+            times[name], targets[name] = [estimate], 0
+        log(f"  {name}: warm-up {estimate * 1e3:.1f} ms -> {targets[name] or 'no more'} calls")
     for round_index in range(max(targets.values(), default=0)):
         for name, fn in fns.items():
             if round_index < targets[name]:

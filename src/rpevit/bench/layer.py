@@ -16,6 +16,7 @@ from rpevit.bench.common import (
     md_table,
     median,
     new_record,
+    preset_settings,
     ratio,
     time_interleaved,
     verdict,
@@ -25,15 +26,19 @@ from rpevit.bench.memory import measure_peak_memory
 from rpevit.bench.workloads import build_step
 
 SETTINGS = {
-    "smoke": dict(tokens=[16, 64], batch_tokens=64, heads=2, head_dim=8, nb_features=8),
-    "quick": dict(tokens=[64, 256, 1024, 4096], batch_tokens=4096, heads=8, head_dim=32,
-                  nb_features=64, memory_only=[["favor-rpe", 16384]]),
+    "smoke": dict(tokens=[16, 64], batch_tokens=64, heads=2, head_dim=8, nb_features=8,
+                  memory_all_paths=True),
+    "quick": dict(tokens=[64, 256, 1024, 4096], batch_tokens=1024, heads=8, head_dim=32,
+                  nb_features=64, memory_all_paths=False),
     "full": dict(tokens=[64, 256, 1024, 4096, 16384], batch_tokens=4096, heads=8, head_dim=32,
-                 nb_features=64),
+                 nb_features=64, memory_all_paths=True, memory_only=[["favor-rpe", 16384]]),
 }  # fmt: skip
 
-#: The two explicit Toeplitz paths timed beside favor-rpe's automatic choice.
-RPE_METHODS = ("quadratic", "fft")
+
+def other_method(tokens: int) -> str:
+    """The Toeplitz path favor-rpe's ``auto`` does NOT take at ``tokens``: timed beside it."""
+    return "fft" if tokens < FFT_THRESHOLD else "quadratic"
+
 
 #: favor-rpe memory bound of the issue at N = 16384 (B = 1, 8 heads, d = 32, m = 64).
 MEMORY_BOUND_MIB = 6 * 1024
@@ -76,16 +81,18 @@ def _spec(label: str, tokens: int, s: dict, ctx: BenchContext) -> dict:
 
 def run(ctx: BenchContext) -> dict:
     """Time and measure every variant (and favor-rpe's two Toeplitz paths) at each N."""
-    s = SETTINGS[ctx.preset]
+    s = preset_settings(SETTINGS, ctx)
     start = time.perf_counter()
     labels = list(ctx.models)
     if "favor-rpe" in labels:
-        labels += [f"favor-rpe[{m}]" for m in RPE_METHODS]
+        labels += [f"favor-rpe[{m}]" for m in dict.fromkeys(map(other_method, s["tokens"]))]
     record = new_record(ctx, "layer", {**s, "labels": labels, "fft_threshold": FFT_THRESHOLD})
     rows = []
     for tokens in s["tokens"]:
         specs, skipped = {}, {}
         for label in labels:
+            if label.startswith("favor-rpe[") and label != f"favor-rpe[{other_method(tokens)}]":
+                continue  # that path is favor-rpe's own (auto) row at this N
             need = estimated_mib(label, tokens, s["heads"])
             if need > 0.6 * available_mib():
                 skipped[label] = f"skipped: needs ~{need / 1024:.0f} GiB (dense N x N bias)"
@@ -100,6 +107,7 @@ def run(ctx: BenchContext) -> dict:
         for label in labels:
             if label in skipped:
                 rows.append({"label": label, "tokens": tokens, "note": skipped[label]})
+            if label not in specs:
                 continue
             spec = specs[label]
             rows.append({
@@ -115,7 +123,9 @@ def run(ctx: BenchContext) -> dict:
         rows.append({"label": spec["variant"], "tokens": spec["tokens"], "batch": spec["batch"],
                      "spec": spec, "note": "memory only"})  # fmt: skip
     if ctx.memory:
-        measured = [r for r in rows if "spec" in r]
+        measured = [
+            r for r in rows if "spec" in r and (s["memory_all_paths"] or "[" not in r["label"])
+        ]
         results = measure_peak_memory([r["spec"] for r in measured])
         for row, result in zip(measured, results, strict=True):
             row.update(memory=result, peak_mib=result.get("peak_mib"))
@@ -165,8 +175,14 @@ def summarise(rows: list[dict], tokens: list[int]) -> dict:
         [t.get(("softmax-rpe", n)) for n in tokens],
         [t.get(("favor-rpe", n)) for n in tokens],
     )
-    quad = [t.get(("favor-rpe[quadratic]", n)) for n in tokens]
-    fft = [t.get(("favor-rpe[fft]", n)) for n in tokens]
+    quad, fft = [], []
+    for n in tokens:  # auto's own row covers the path it takes
+        auto_path, other = (
+            ("quadratic", "fft") if other_method(n) == "fft" else ("fft", "quadratic")
+        )
+        path = {auto_path: t.get(("favor-rpe", n)), other: t.get((f"favor-rpe[{other}]", n))}
+        quad.append(path["quadratic"])
+        fft.append(path["fft"])
     summary["fft_vs_quadratic"] = {
         "quadratic_over_fft": {n: ratio(q, f) for n, q, f in zip(tokens, quad, fft, strict=True)},
         "fft_faster_from": crossover(tokens, quad, fft),
@@ -209,7 +225,9 @@ def markdown(record: dict) -> str:
         f"One attention layer, {s['heads']} heads x d={s['head_dim']}, m={s['nb_features']} "
         f"FAVOR+ features (ReLU: identity features, m=d), CLS + N patch tokens, "
         f"B*N={s['batch_tokens']}; forward+backward, median ms per call "
-        "(ratio to favor-ape at the same N):",
+        "(ratio to favor-ape at the same N); favor-rpe[path] is the Toeplitz path that "
+        f"rpe_method='auto' does not take at that N (auto: quadratic below "
+        f"FFT_THRESHOLD={s['fft_threshold']} patch tokens, else fft):",
         "",
         md_table(head, time_rows),
         "",

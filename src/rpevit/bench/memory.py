@@ -1,8 +1,9 @@
 """Peak CPU memory of one workload step, measured in a fresh worker subprocess.
 
 Definition: the increase of the process's resident set size (RSS) during one step over the
-RSS just before it, with the model, inputs and optimizer state already resident and one
-warm-up step done (so one-time library initialisation is excluded). Method: the worker runs
+RSS just before it, with the model, inputs and optimizer state already resident, after a
+warm-up step of the same workload at the smallest size (so one-time library initialisation
+is excluded without paying for a second full step). Method: the worker runs
 with a fixed glibc mmap threshold (``MALLOC_MMAP_THRESHOLD_``), so every tensor buffer above
 64 KiB is its own mapping, returned to the OS when freed; before the step it collects
 garbage, calls ``malloc_trim(0)`` and resets the kernel's peak-RSS counter (writing ``5`` to
@@ -55,12 +56,19 @@ def _release_free_memory() -> None:
         pass
 
 
+def _tiny(spec: dict[str, Any]) -> dict[str, Any]:
+    """The same workload at the smallest size: warms up libraries without the cost of a step."""
+    if spec["kind"] == "layer":
+        return {**spec, "tokens": 16, "batch": 1}
+    return {**spec, "image_size": 4 * spec["patch_size"], "batch": 1}
+
+
 def _measure(spec: dict[str, Any], warm: bool) -> dict[str, Any]:
     from rpevit.bench.workloads import build_step
 
-    step = build_step(spec)
     if warm:
-        step()
+        build_step(_tiny(spec))()
+    step = build_step(spec)
     _release_free_memory()
     reset = _reset_peak()
     before = _status_kib("VmRSS:")

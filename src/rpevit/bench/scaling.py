@@ -16,6 +16,7 @@ from rpevit.bench.common import (
     md_table,
     median,
     new_record,
+    preset_settings,
     time_interleaved,
     write_outputs,
 )
@@ -48,7 +49,7 @@ def _spec(variant: str, tokens: int, mode: str, s: dict, ctx: BenchContext) -> d
 
 def run(ctx: BenchContext) -> dict:
     """Time forward and forward+backward of every variant at each N; memory of the latter."""
-    s = SETTINGS[ctx.preset]
+    s = preset_settings(SETTINGS, ctx)
     start = time.perf_counter()
     record = new_record(ctx, "scaling", {**s, "variants": ctx.models, "fit_points": FIT_POINTS})
     rows = []
