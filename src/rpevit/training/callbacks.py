@@ -139,7 +139,7 @@ class GracefulStop(L.Callback):
         if trainer.world_size > 1:
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         if stop:
-            trainer.save_checkpoint(self.checkpoint_path)
+            trainer.save_checkpoint(self.checkpoint_path, weights_only=False)
             self.restore()
             run_dir = self.checkpoint_path.parent.parent
             raise self.interruption(
