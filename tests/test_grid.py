@@ -11,7 +11,7 @@ import pytest
 from conftest import shared_data_dir
 
 import rpevit.experiments.grid as grid
-from rpevit.errors import ConfigError
+from rpevit.errors import ConfigError, TrainingInterrupted
 from rpevit.experiments import (
     add_grid_arguments,
     parse_shard,
@@ -145,6 +145,22 @@ def test_cli_passes_train_options_and_reports_failures(tmp_path, monkeypatch, ca
         parser.parse_args(["--resume"])
     with pytest.raises(SystemExit):
         parser.parse_args(["--run-name", "x"])
+
+
+def test_a_signal_stops_the_grid_with_its_exit_code(tmp_path, monkeypatch, capsys):
+    stop = TrainingInterrupted("interrupted by SIGTERM after step 3; saved last.ckpt", 15)
+    monkeypatch.setattr(grid, "train", FakeTrain(crash_at=2, crash_on=stop))
+    parser = argparse.ArgumentParser()
+    add_grid_arguments(parser)
+    args = parser.parse_args(["--models", "relu-ape", "--seeds", "1,2,3", "--out", str(tmp_path)])
+    assert run_grid_command(args) == 128 + 15
+    assert "run the same `rpevit grid` command to continue" in capsys.readouterr().err
+    runs = json.loads((tmp_path / "grid_summary.json").read_text())["runs"]
+    assert [r["status"] for r in runs] == ["finished", "interrupted", "pending"]
+    resumed = FakeTrain()
+    monkeypatch.setattr(grid, "train", resumed)
+    assert run_grid_command(args) == 0
+    assert [(c.seed, c.resume) for c in resumed.calls] == [(2, True), (3, None)]
 
 
 def test_existing_runs_with_another_config_are_not_mixed_in(tmp_path, monkeypatch):

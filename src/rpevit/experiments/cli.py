@@ -8,9 +8,10 @@ here names the grid folder.
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
-from rpevit.errors import ConfigError
+from rpevit.errors import ConfigError, TrainingInterrupted
 from rpevit.experiments.grid import parse_shard, run_grid
 from rpevit.registry import CORE_MODELS, list_available_models
 from rpevit.training.cli import add_train_arguments, config_from_args
@@ -73,7 +74,8 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_grid_command(args: argparse.Namespace) -> int:
-    """Handler of ``rpevit grid``: 0 if every run of the grid (or shard) finished, else 1."""
+    """Handler of ``rpevit grid``: 0 if every run of the grid (or shard) finished, 1 if some
+    failed, ``128 + signal`` (130, 143) if a signal stopped it (re-running continues)."""
     if args.models == "all":
         models = list(CORE_MODELS)
     elif args.models == "registry":
@@ -85,6 +87,14 @@ def run_grid_command(args: argparse.Namespace) -> int:
     train_args = argparse.Namespace(**{**vars(args), "resume": None, "out": None})
     config = config_from_args(train_args)
     shard = parse_shard(args.shard) if args.shard else None
-    summary = run_grid(config, models=models, seeds=args.seeds, out=args.out, shard=shard)
+    rerun = "run the same `rpevit grid` command to continue"
+    try:
+        summary = run_grid(config, models=models, seeds=args.seeds, out=args.out, shard=shard)
+    except TrainingInterrupted as error:
+        print(f"rpevit grid: {str(error).split(';')[0]}; {rerun}", file=sys.stderr)
+        return 128 + error.signum
+    except KeyboardInterrupt:
+        print(f"rpevit grid: interrupted; {rerun}", file=sys.stderr)
+        return 130
     unfinished = [r for r in summary["runs"] if r["selected"] and r["status"] != "finished"]
     return 1 if unfinished else 0

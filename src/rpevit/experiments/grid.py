@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from rpevit.errors import ConfigError
+from rpevit.errors import ConfigError, TrainingInterrupted
 from rpevit.metrics import write_json_atomic
 from rpevit.registry import (
     BACKBONE_OPTIONS,
@@ -186,7 +186,8 @@ def run_grid(
     ``config`` holds everything else (data set, preset, sizes, epochs, ...); its ``model``,
     ``seed``, ``run_name`` and ``resume`` are set per run, and ``overwrite=True`` retrains
     every selected run from scratch. Finished runs are skipped, interrupted ones resumed.
-    A run that fails is recorded and the grid goes on. Returns the summary also written to
+    A run that fails is recorded and the grid goes on; an interrupted one
+    (signal, Ctrl+C) stops the grid. Returns the summary also written to
     :func:`summary_path` (atomically, after every run).
     """
     base = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
@@ -281,6 +282,10 @@ def run_grid(
         run_start = time.perf_counter()
         try:
             metrics = train(cfg)
+        except TrainingInterrupted:  # SIGINT/SIGTERM: a resumable checkpoint was saved
+            record.update(status="interrupted")
+            save()
+            raise
         except Exception as error:  # one failed run must not stop the grid
             traceback.print_exc()
             record.update(status="failed", error=f"{type(error).__name__}: {error}")
