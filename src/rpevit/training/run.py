@@ -18,6 +18,7 @@ uninterrupted run.
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -31,6 +32,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_only
+from torch.nn.parallel import DistributedDataParallel
 
 from rpevit.atomic import remove_stale_temporaries
 from rpevit.data import DatasetSpec, ImageDataModule, InMemoryLoader, Split, get_spec
@@ -71,6 +73,12 @@ RESIZE_MODES = ("pad", "upscale")
 
 #: Lightning DDP strategy names -> process start method (see :func:`_strategy`).
 _DDP_START_METHODS = {"ddp": "popen", "ddp_spawn": "spawn", "ddp_fork": "fork"}
+#: DDP option that turns off buffer syncing in forward (renamed in torch 2.14).
+_NO_FORWARD_BUFFER_SYNC = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+    else {"broadcast_buffers": False}
+)
 
 
 def _one_line(error: BaseException) -> str:
@@ -120,15 +128,15 @@ def _prepare_run_dir(config: TrainConfig) -> tuple[Path, Path | None]:
 
 
 def _strategy(name: str) -> str | DDPStrategy:
-    """Lightning strategy for ``name``; DDP variants without buffer broadcasting.
+    """Lightning strategy for ``name``; DDP variants without buffer syncing in forward.
 
     Every buffer of these models is either constant or a deterministic function of the step
     (FAVOR+ projections are redrawn from a stored seed), so each rank already holds the same
-    values (tested); broadcasting them would add a collective to every forward pass,
-    including evaluation, where ranks may see different numbers of batches and would hang.
+    values (tested); syncing them would add a collective to every forward pass, including
+    evaluation, where ranks may see different numbers of batches and would hang.
     """
     if name in _DDP_START_METHODS:
-        return DDPStrategy(start_method=_DDP_START_METHODS[name], broadcast_buffers=False)
+        return DDPStrategy(start_method=_DDP_START_METHODS[name], **_NO_FORWARD_BUFFER_SYNC)
     return name
 
 
