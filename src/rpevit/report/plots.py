@@ -225,5 +225,6 @@ def plot_attention_maps(
                 entry, cmap="inferno", alpha=0.6, extent=(0, width, height, 0),
                 interpolation="nearest",
             )  # fmt: skip
-    fig.suptitle(title)
+            ax.set_title(f"{model} (max {entry.max():.2f})", fontsize=10)
+    fig.suptitle(f"{title}\ncolour scale per panel; max = largest weight on one patch")
     return _save(fig, path)
