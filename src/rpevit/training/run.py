@@ -289,8 +289,8 @@ def _last_good(trainer: L.Trainer, resume_from: Path | None, run_dir: Path) -> s
     else:
         return "no checkpoint was saved before it: start again with a lower --lr (--overwrite)"
     return (
-        f"last good checkpoint: {where}; continue from it with a lower learning rate: "
-        f"`rpevit train --resume {run_dir} --lr ...`"
+        f"last good checkpoint: {where}; continue from it with a lower learning rate "
+        f"(`rpevit train --resume {run_dir} --lr ...`) or start over with --overwrite"
     )
 
 
