@@ -152,7 +152,8 @@ def test_a_signal_stops_the_grid_with_its_exit_code(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(grid, "train", FakeTrain(crash_at=2, crash_on=stop))
     parser = argparse.ArgumentParser()
     add_grid_arguments(parser)
-    args = parser.parse_args(["--models", "relu-ape", "--seeds", "1,2,3", "--out", str(tmp_path)])
+    argv = ["--models", "relu-ape", "--seeds", "1,2,3", "--out", str(tmp_path), "--jobs", "1"]
+    args = parser.parse_args(argv)
     assert run_grid_command(args) == 128 + 15
     assert "run the same `rpevit grid` command to continue" in capsys.readouterr().err
     runs = json.loads((tmp_path / "grid_summary.json").read_text())["runs"]
@@ -239,3 +240,27 @@ def test_tiny_real_grid_resumes_then_reports(tmp_path, monkeypatch):
     for name in ("curves", "tradeoff", "accuracy_heatmap", "attention_maps"):
         assert (tmp_path / "report" / f"{name}.png").stat().st_size > 10_000
     assert not [n for n in report["notes"] if "attention" in n], report["notes"]
+
+
+def test_parallel_jobs_run_every_shard_and_merge_the_summary(tmp_path):
+    """``--jobs 2``: two worker processes each run one shard; together they finish the grid."""
+    root = shared_data_dir()
+    if root is None:
+        pytest.skip("real MNIST not found")
+    parser = argparse.ArgumentParser()
+    add_grid_arguments(parser)
+    argv = ["--models", "relu-ape,softmax-ape", "--seeds", "0", "--out", str(tmp_path)]
+    argv += ["--jobs", "2", "--data-dir", str(root), "--preset", "quick", "--epochs", "1"]
+    argv += ["--max-train-samples", "128", "--max-val-samples", "64", "--max-test-samples", "64"]
+    argv += ["--dim", "16", "--depth", "1", "--heads", "2", "--mlp-dim", "16", "--no-progress"]
+    assert run_grid_command(parser.parse_args(argv)) == 0
+    summary = json.loads((tmp_path / "grid_summary.json").read_text())
+    assert summary["jobs"] == 2 and summary["counts"] == {"finished": 2}
+    assert [r["model"] for r in summary["runs"]] == ["relu-ape", "softmax-ape"]
+    for shard in (1, 2):
+        assert (tmp_path / f"grid_summary.shard-{shard}-of-2.json").is_file()
+    for model in ("relu-ape", "softmax-ape"):
+        metrics = json.loads((tmp_path / model / "seed0" / "metrics.json").read_text())
+        assert metrics["config"]["threads"] == 1  # 2 cores / 2 workers
+    with pytest.raises(ConfigError, match="--shard and --jobs > 1 do not combine"):
+        run_grid_command(parser.parse_args([*argv, "--shard", "1/2"]))

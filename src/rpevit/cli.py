@@ -74,6 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="re-measure a trained model on the test set")
     add_evaluate_arguments(evaluate)
     evaluate.set_defaults(func=run_evaluate)
+
+    from rpevit.experiments import add_grid_arguments, run_grid_command
+    from rpevit.report import add_report_arguments, run_report_command
+
+    grid = sub.add_parser("grid", help="train and evaluate models x seeds (resumable, shardable)")
+    add_grid_arguments(grid)
+    grid.set_defaults(func=run_grid_command)
+    report = sub.add_parser("report", help="tables and plots from run folders")
+    add_report_arguments(report)
+    report.set_defaults(func=run_report_command)
     return parser
 
 

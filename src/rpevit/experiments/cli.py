@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from rpevit.errors import ConfigError, TrainingInterrupted
-from rpevit.experiments.grid import parse_shard, run_grid
+from rpevit.experiments.grid import default_jobs, parse_shard, run_grid, run_grid_parallel
 from rpevit.registry import CORE_MODELS, list_available_models
 from rpevit.training.cli import add_train_arguments, config_from_args
 
@@ -70,6 +70,12 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="I/N",
         help="run only the I-th (1-based) of N round-robin slices of the sorted run list",
     )
+    g.add_argument(
+        "--jobs",
+        default="auto",
+        help="parallel worker processes, each running a shard ('auto': one single-threaded "
+        "worker per CPU core on a CPU-only machine, else 1)",
+    )
     add_train_arguments(_WithoutOptions(parser, GRID_OWNED))  # type: ignore[arg-type]
 
 
@@ -87,9 +93,23 @@ def run_grid_command(args: argparse.Namespace) -> int:
     train_args = argparse.Namespace(**{**vars(args), "resume": None, "out": None})
     config = config_from_args(train_args)
     shard = parse_shard(args.shard) if args.shard else None
+    runs = len(set(models)) * len(set(args.seeds))
+    if args.jobs == "auto":
+        jobs = 1 if shard else default_jobs(config, runs)
+    elif args.jobs.isdigit() and int(args.jobs) >= 1:
+        jobs = min(int(args.jobs), runs)
+    else:
+        raise ConfigError(f"--jobs expects a positive integer or 'auto', got {args.jobs!r}")
+    if shard and jobs > 1:
+        raise ConfigError("--shard and --jobs > 1 do not combine; use one or the other")
     rerun = "run the same `rpevit grid` command to continue"
     try:
-        summary = run_grid(config, models=models, seeds=args.seeds, out=args.out, shard=shard)
+        if jobs > 1:
+            summary = run_grid_parallel(
+                config, jobs=jobs, models=models, seeds=args.seeds, out=args.out
+            )
+        else:
+            summary = run_grid(config, models=models, seeds=args.seeds, out=args.out, shard=shard)
     except TrainingInterrupted as error:
         print(f"rpevit grid: {str(error).split(';')[0]}; {rerun}", file=sys.stderr)
         return 128 + error.signum

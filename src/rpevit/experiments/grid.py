@@ -8,16 +8,20 @@ A grid lives in one folder, one run folder per (model, seed)::
 Re-running the same command skips finished runs (valid ``metrics.json``), resumes interrupted
 ones from ``checkpoints/last.ckpt`` and starts the rest, so a crashed grid continues where it
 stopped. ``shard=(i, n)`` takes every n-th run of the sorted run list, starting at the i-th
-(1-based), so the n shards of a job array partition the grid exactly.
+(1-based), so the n shards of a job array partition the grid exactly; ``run_grid_parallel``
+runs such shards in worker processes on one machine.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
+import os
 import time
 import traceback
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -320,3 +324,54 @@ def run_grid(
         + f"; summary in {summary_path(out, shard)}"
     )
     return summary
+
+
+def default_jobs(config: TrainConfig, runs: int) -> int:
+    """Parallel grid workers for ``--jobs auto``: one single-threaded worker per CPU core on a
+    CPU-only machine (small models do not scale across threads, runs do), else one."""
+    import torch
+
+    on_cpu = config.accelerator == "cpu" or (
+        config.accelerator == "auto" and not torch.cuda.is_available()
+    )
+    if not on_cpu or config.strategy not in ("auto", "single_device"):
+        return 1
+    return max(1, min(os.cpu_count() or 1, runs))
+
+
+def _run_shard(config: TrainConfig, models, seeds, out, shard) -> dict[str, Any]:
+    return run_grid(config, models=models, seeds=seeds, out=out, shard=shard)
+
+
+def run_grid_parallel(
+    config: TrainConfig | Mapping[str, Any],
+    *,
+    jobs: int,
+    models: Sequence[str] | None = None,
+    seeds: Sequence[int] = (42,),
+    out: str | Path | None = None,
+) -> dict[str, Any]:
+    """:func:`run_grid` split into ``jobs`` shards run by parallel worker processes, each with
+    ``cpu_count // jobs`` threads unless ``config.threads`` is set. Returns the merged summary
+    (also written as ``grid_summary.json``)."""
+    base = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+    if base.threads is None:
+        base = dataclasses.replace(base, threads=max(1, (os.cpu_count() or 1) // jobs))
+    out = Path(out) if out is not None else Path("runs") / f"grid-{base.dataset}-{base.preset}"
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        futures = [
+            pool.submit(_run_shard, base, models, seeds, out, (i, jobs)) for i in range(1, jobs + 1)
+        ]
+        shards = [future.result() for future in futures]
+    runs = sorted(
+        (r for s in shards for r in s["runs"] if r["selected"]),
+        key=lambda r: (r["model"], r["seed"]),
+    )
+    counts: dict[str, int] = {}
+    for record in runs:
+        counts[record["status"]] = counts.get(record["status"], 0) + 1
+    merged = {**shards[0], "shard": None, "jobs": jobs, "runs": runs, "counts": counts}
+    merged["elapsed_seconds"] = max(s["elapsed_seconds"] for s in shards)
+    write_json_atomic(summary_path(out, None), merged)
+    return merged
