@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Set up (scripts/bootstrap.sh), then run the main job: train and evaluate relu-ape on MNIST
-# with the CPU `quick` preset and print its metrics. Extra arguments go to `rpevit train`.
+# Set up (scripts/bootstrap.sh), then run the main job: the 12-variant study on MNIST with the
+# CPU `quick` preset (resumable: re-run after a crash to continue), then its report.
+# Extra arguments go to `rpevit grid`, e.g. `--dataset cifar10` or `--seeds 42,43,44`.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 cd "$ROOT"
-rpevit train --model relu-ape --dataset mnist --preset quick --out runs "$@"
+OUT="${RPEVIT_OUT:-runs/mnist-quick}"
+rpevit grid --dataset mnist --preset quick --out "$OUT" --no-progress "$@"
+rpevit report "$OUT"
+cat "$OUT/report/results.md"
