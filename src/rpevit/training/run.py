@@ -235,7 +235,9 @@ def train(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[L.Call
         num_workers=config.num_workers,
         verify=config.verify_data,
     )
-    spec = datamodule.spec  # loads the data now: a missing data set fails before any setup
+    # Named data sets have known shapes: build the model (and check --init-from) before
+    # reading them; an image folder is read first. Either way, errors come before any setup.
+    spec = get_spec(config.dataset) if config.dataset != "imagefolder" else datamodule.spec
     module = ImageClassifier(
         config.model,
         config.model_kwargs(spec.num_classes, spec.in_chans, spec.image_size),
@@ -248,6 +250,7 @@ def train(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[L.Call
     )
     if config.init_from and resume_from is None:  # a resumed run has its weights already
         module.hparams.init_from = transfer_weights(module.model, config.init_from)
+    datamodule.setup()
     timer = EpochTimer()
     stopper = GracefulStop(run_dir / CHECKPOINT_DIR / LAST)
     trainer = build_trainer(config, run_dir, [timer, stopper, *callbacks])
