@@ -27,6 +27,7 @@ from rpevit.data import (
     rotate,
     seeded_subset,
     split_indices,
+    verify_checksums,
 )
 from rpevit.errors import ConfigError, DataCorruptError, DataNotFoundError
 
@@ -412,3 +413,86 @@ def test_datamodule_without_trainer(tmp_path):
     images, labels = next(iter(dm.train_dataloader()))
     assert images.shape == (8, 1, 28, 28) and images.dtype == torch.float32
     assert len(dm.val_dataloader()) == 1 and len(dm.test_dataloader()) == 2
+
+
+def test_augmentation_does_not_depend_on_world_size_or_batch_size():
+    # 2 ranks with batch 4 see, step by step, the samples of one process with batch 8,
+    # each augmented identically: what makes DDP reproduce a single-process run.
+    split = small_split(40)
+    transform = BatchTransform((0.5,) * 3, (0.25,) * 3, "crop_flip", padding=2)
+
+    def batches(rank: int, world_size: int, batch_size: int) -> list:
+        loader = InMemoryLoader(
+            split, batch_size, transform, shuffle=True, augment=True, seed=5,
+            rank=rank, world_size=world_size,
+        )  # fmt: skip
+        loader.set_epoch(3)
+        return list(loader)
+
+    single = batches(0, 1, 8)
+    ranks = [batches(r, 2, 4) for r in (0, 1)]
+    assert len(single) == len(ranks[0]) == len(ranks[1]) == 5
+    for step, (images, labels) in enumerate(single):
+        together = {
+            int(y): x for r in ranks for x, y in zip(*r[step], strict=True)
+        }  # labels are the sample indices
+        assert sorted(together) == sorted(labels.tolist())
+        for x, y in zip(images, labels, strict=True):
+            assert torch.equal(together[int(y)], x)
+    assert torch.equal(single[0][0], batches(0, 1, 8)[0][0])  # seeded: the same again
+    other_epoch = InMemoryLoader(split, 8, transform, shuffle=False, augment=True, seed=5)
+    assert not torch.equal(next(iter(other_epoch))[0], transform(split.images[:8]))
+
+
+def test_tiny_imagenet_layout(tmp_path):
+    from PIL import Image
+
+    wnids = ["n01443537", "n01629819"]
+    for c, wnid in enumerate(wnids):
+        folder = tmp_path / "train" / wnid / "images"
+        folder.mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(np.full((16, 16, 3), 60 * c + i, np.uint8)).save(
+                folder / f"{wnid}_{i}.JPEG"
+            )
+        (tmp_path / "train" / wnid / f"{wnid}_boxes.txt").write_text("x\t0\t0\t1\t1\n")
+    val = tmp_path / "val" / "images"
+    val.mkdir(parents=True)
+    lines = []
+    for i, c in enumerate([1, 0, 1]):
+        Image.fromarray(np.full((16, 16, 3), 60 * c, np.uint8)).save(val / f"val_{i}.JPEG")
+        lines.append(f"val_{i}.JPEG\t{wnids[c]}\t0\t0\t15\t15")
+    (tmp_path / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    test = tmp_path / "test" / "images"  # unlabelled: ignored
+    test.mkdir(parents=True)
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(test / "test_0.JPEG")
+    (tmp_path / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    (tmp_path / "words.txt").write_text(
+        "n01443537\tgoldfish, Carassius auratus\nn01629819\tEuropean fire salamander\n"
+    )
+
+    data = load_dataset("imagefolder", tmp_path, image_size=8)
+    assert data.spec.num_classes == 2
+    assert data.spec.class_names == ("goldfish", "European fire salamander")
+    assert data.test.labels.tolist() == [1, 0, 1]  # val/ with annotations became the test split
+    assert data.test.images[0].unique().tolist() == [60]
+    assert len(data.train) + len(data.val) == 10  # validation split off train/
+
+    (tmp_path / "val" / "val_annotations.txt").write_text("val_9.JPEG\tn01443537\n")
+    with pytest.raises(DataCorruptError, match="val_9.JPEG does not exist"):
+        load_dataset("imagefolder", tmp_path, image_size=8)
+
+
+def test_published_checksums_of_the_real_data():
+    root = shared_data_dir()
+    if root is None:
+        pytest.skip("shared data not found")
+    checked = verify_checksums("mnist", root)
+    assert sorted(p.name for p in checked) == sorted(
+        f"{n}.gz" for n in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                            "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    )  # fmt: skip
+    if (root / "cifar-10-batches-bin").is_dir():
+        assert len(verify_checksums("cifar10", root)) == 6
+    with pytest.raises(DataNotFoundError, match="no cifar100 file with a published checksum"):
+        verify_checksums("cifar100", root)
