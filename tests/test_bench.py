@@ -133,3 +133,7 @@ def test_crossover_interpolates_between_bracketing_points():
     assert kind == "at" and 256 < n < 1024
     assert crossover(ns, quadratic, [t / 1e6 for t in quadratic]) == ("below", 64)
     assert crossover(ns, quadratic, [t * 2 for t in quadratic]) == ("never", None)
+    kind, n = crossover(ns[:3], quadratic[:3], [1.01 * t for t in linear[:3]])
+    assert kind == "at" and 256 < n < 1024
+    kind, n = crossover(ns[:2], quadratic[:2], [4 * t for t in linear[:2]])  # equal at N = 1024
+    assert kind == "extrapolated" and n == pytest.approx(1024)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from rpevit import create_model
 from rpevit.attention import favor_attention, orthogonal_gaussian_projection
+from rpevit.bench.candidates import favor_attention_inplace
 from rpevit.bench.common import (
     BenchContext,
     fmt,
@@ -40,14 +41,15 @@ from rpevit.positions import Rope2D, TokenGrid
 
 SETTINGS = {
     "smoke": dict(tokens=[16, 64], batch_tokens=64, heads=2, head_dim=8, nb_features=8, draws=2,
+                  rho=1.0,
                   vit=dict(image_size=16, patch_size=4, dim=32, depth=1, heads=2, mlp_dim=64,
                            batch=4)),
     "quick": dict(tokens=[256, 1024, 4096], batch_tokens=4096, heads=8, head_dim=32,
-                  nb_features=64, draws=4,
+                  nb_features=64, draws=4, rho=1.0,
                   vit=dict(image_size=32, patch_size=4, dim=192, depth=6, heads=6, mlp_dim=384,
                            batch=64)),
     "full": dict(tokens=[256, 1024, 4096, 16384], batch_tokens=4096, heads=8, head_dim=32,
-                 nb_features=64, draws=8,
+                 nb_features=64, draws=8, rho=1.0,
                  vit=dict(image_size=32, patch_size=4, dim=256, depth=6, heads=8, mlp_dim=512,
                           batch=128)),
 }  # fmt: skip
@@ -87,44 +89,48 @@ def _fwd_bwd(fn, inputs: list[torch.Tensor]):
 
 
 def favor_rows(s: dict, ctx: BenchContext) -> list[dict]:
-    """FAVOR+ ours vs FastAttention vs SDPA: time and error at each N."""
+    """FAVOR+ ours (and the proposed in-place form) vs FastAttention vs SDPA at each N."""
     have = installed(PACKAGES["performer-pytorch"])
     if have:
         from performer_pytorch import FastAttention
     h, d, m = s["heads"], s["head_dim"], s["nb_features"]
+    sigma = (s["rho"] / d**0.5) ** 0.5  # E|q||k|/sqrt(d) ~ rho
     rows = []
     for tokens in s["tokens"]:
         batch = max(1, s["batch_tokens"] // tokens)
         generator = torch.Generator().manual_seed(ctx.seed)
-        q, k, v = (torch.randn(batch, h, tokens, d, generator=generator) for _ in range(3))
-        projection = orthogonal_gaussian_projection(m, d, generator=generator)
-        fns = {
-            "ours favor_attention": lambda q, k, v, p=projection: favor_attention(q, k, v, p),
-            "torch SDPA (exact)": F.scaled_dot_product_attention,
-        }
+        q, k = (torch.randn(batch, h, tokens, d, generator=generator) * sigma for _ in range(2))
+        v = torch.randn(batch, h, tokens, d, generator=generator)
+        estimators = {"ours favor_attention": favor_attention,
+                      "proposed: in-place features": favor_attention_inplace}  # fmt: skip
         if have:
             fast = FastAttention(dim_heads=d, nb_features=m, causal=False)
-            fns["performer-pytorch FastAttention"] = fast
-        errors: dict[str, list[float]] = {name: [] for name in fns}
+
+            def performer(q, k, v, p, fast=fast):
+                fast.projection_matrix.copy_(p)
+                return fast(q, k, v)
+
+            estimators["performer-pytorch FastAttention"] = performer
         exact = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
-        for draw in range(s["draws"]):
-            draw_projection = orthogonal_gaussian_projection(
-                m, d, generator=torch.Generator().manual_seed(ctx.seed + 1 + draw)
-            )
-            with torch.no_grad():
-                errors["ours favor_attention"].append(
-                    relative_error(favor_attention(q, k, v, draw_projection), exact)
+        errors: dict[str, list[float]] = {name: [] for name in estimators}
+        with torch.no_grad():
+            for draw in range(s["draws"]):
+                p = orthogonal_gaussian_projection(
+                    m, d, generator=torch.Generator().manual_seed(ctx.seed + 1 + draw)
                 )
-                errors["torch SDPA (exact)"].append(
-                    relative_error(F.scaled_dot_product_attention(q, k, v), exact)
-                )
-                if have:
-                    fast.projection_matrix.copy_(draw_projection)
-                    errors["performer-pytorch FastAttention"].append(
-                        relative_error(fast(q, k, v), exact)
-                    )
+                for name, fn in estimators.items():
+                    errors[name].append(relative_error(fn(q, k, v, p), exact))
+            errors["torch SDPA (exact)"] = [
+                relative_error(F.scaled_dot_product_attention(q, k, v), exact)
+            ]
+        p = orthogonal_gaussian_projection(m, d, generator=generator)
+        fns = {
+            name: (lambda q, k, v, fn=fn, p=p: fn(q, k, v, p)) for name, fn in estimators.items()
+        }
         if have:
-            fast.projection_matrix.copy_(projection)
+            fast.projection_matrix.copy_(p)
+            fns["performer-pytorch FastAttention"] = fast  # without the per-call copy
+        fns["torch SDPA (exact)"] = F.scaled_dot_product_attention
         leaves = [x.clone().requires_grad_() for x in (q, k, v)]
         steps = {name: _fwd_bwd(fn, leaves) for name, fn in fns.items()}
         times = time_interleaved(
@@ -242,6 +248,16 @@ def summarise(record: dict) -> dict:
         if ours and theirs:
             speedups[n] = ratio(theirs["time_ms"], ours["time_ms"])
             error_ok[n] = ours["rel_error"] <= theirs["rel_error"] * (1 + 1e-3)
+    proposed = {}
+    for n in record["settings"]["tokens"]:
+        new = fav.get(("proposed: in-place features", n))
+        ours = fav.get(("ours favor_attention", n))
+        theirs = fav.get(("performer-pytorch FastAttention", n))
+        if new and ours:
+            proposed[n] = {
+                "vs_ours": ratio(ours["time_ms"], new["time_ms"]),
+                "vs_fastattention": ratio(theirs["time_ms"], new["time_ms"]) if theirs else None,
+            }
     large = [n for n in speedups if n >= 1024]
     vit = {r["impl"]: r.get("images_per_s") for r in record["vit"]}
     vit_ratio = ratio(vit.get("ours softmax-ape"), vit.get("vit-pytorch ViT"))
@@ -250,6 +266,7 @@ def summarise(record: dict) -> dict:
         "favor_error_not_worse": error_ok,
         "favor_target_pass": all(speedups[n] >= 1.3 and error_ok[n] for n in large)
         if large else None,
+        "proposed_inplace_speedup": proposed,
         "vit_throughput_ratio": vit_ratio,
         "vit_target_pass": None if vit_ratio is None else vit_ratio >= 1.0,
     }  # fmt: skip
@@ -299,7 +316,8 @@ def markdown(record: dict) -> str:
     )
     return "\n".join([
         f"FAVOR+ ({s['heads']} heads, d={s['head_dim']}, m={s['nb_features']}, identical "
-        f"projection; q, k, v ~ N(0, 1)): forward+backward median ms, time relative to ours, "
+        f"projection; q, k ~ N(0, sigma^2) with E|q||k|/sqrt(d) = {s['rho']:g}, v ~ N(0, 1)): "
+        f"forward+backward median ms, time relative to ours, "
         f"relative error vs exact softmax (mean of {s['draws']} projection draws):", "",
         md_table(["implementation", "N", "B", "ms", "x ours", "rel. error"], favor_table), "",
         "2D axial RoPE on q and k (same frequencies), forward+backward median ms; max |diff| of "
@@ -312,6 +330,11 @@ def markdown(record: dict) -> str:
         "Targets:", "",
         f"- FastAttention time / ours: {speed or 'n/a'} (target >= 1.3x at N >= 1024 with "
         f"equal or lower error): {verdict(summary['favor_target_pass'])}",
+        "- proposed in-place FAVOR+ features (rpevit.bench.candidates), speed-up over ours / "
+        "over FastAttention: " + ", ".join(
+            f"N={n}: {fmt(x['vs_ours'], 2)}x / {fmt(x['vs_fastattention'], 2)}x"
+            for n, x in summary["proposed_inplace_speedup"].items()
+        ),
         f"- our ViT / vit-pytorch training throughput: {fmt(summary['vit_throughput_ratio'], 3)}x"
         f" (target >= 1): {verdict(summary['vit_target_pass'])}",
     ])  # fmt: skip

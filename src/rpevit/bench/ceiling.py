@@ -36,14 +36,17 @@ SETTINGS = {
 
 
 def matmul_gflops(sizes: list[int], ctx: BenchContext) -> list[dict]:
-    """Dense fp32 ``n x n @ n x n`` throughput (2 n^3 FLOPs per product) per size."""
+    """Dense fp32 ``n x n @ n x n`` throughput (2 n^3 FLOPs per product) per size: median
+    and best call (the ceiling is the best: load on a shared machine only lowers it)."""
     generator = torch.Generator().manual_seed(ctx.seed)
     operands = {n: (torch.randn(n, n, generator=generator),) * 2 for n in sizes}
     fns = {n: (lambda a=a, b=b: torch.mm(a, b)) for n, (a, b) in operands.items()}
     times = time_interleaved(fns, warmup=ctx.warmup, repeats=ctx.repeats, budget_s=ctx.budget_s)
     return [
-        {"n": n, "times_s": times[n], "gflops": 2 * n**3 / median(times[n]) / 1e9} for n in sizes
-    ]
+        {"n": n, "times_s": times[n], "gflops": 2 * n**3 / median(times[n]) / 1e9,
+         "best_gflops": 2 * n**3 / min(times[n]) / 1e9}
+        for n in sizes
+    ]  # fmt: skip
 
 
 def model_rows(s: dict, ctx: BenchContext) -> list[dict]:
@@ -75,7 +78,7 @@ def run(ctx: BenchContext) -> dict:
     start = time.perf_counter()
     record = new_record(ctx, "ceiling", {**s, "variants": ctx.models})
     record["matmul"] = matmul_gflops(s["matmul_sizes"], ctx)
-    peak = max(r["gflops"] for r in record["matmul"])
+    peak = max(r["best_gflops"] for r in record["matmul"])
     record["models"] = model_rows(s, ctx)
     for row in record["models"]:
         row["achieved_gflops"] = 3 * row["forward_flops_per_image"] * row["images_per_s"] / 1e9
@@ -88,15 +91,16 @@ def run(ctx: BenchContext) -> dict:
 def markdown(record: dict) -> str:
     """Matmul table and MFU table."""
     s = record["settings"]
-    mm = [[f"{r['n']}x{r['n']}", fmt(r["gflops"])] for r in record["matmul"]]
+    mm = [[f"{r['n']}x{r['n']}", fmt(r["gflops"]), fmt(r["best_gflops"])] for r in record["matmul"]]
     models = [
         [r["variant"], fmt(r["forward_flops_per_image"] / 1e6), fmt(r["images_per_s"]),
          fmt(r["achieved_gflops"]), f"{100 * r['mfu']:.1f}%"]
         for r in record["models"]
     ]  # fmt: skip
     return "\n".join([
-        "Dense fp32 matmul (torch.mm), GFLOP/s:", "", md_table(["size", "GFLOP/s"], mm), "",
-        f"Peak: {fmt(record['summary']['peak_matmul_gflops'])} GFLOP/s.", "",
+        "Dense fp32 matmul (torch.mm), GFLOP/s:", "",
+        md_table(["size", "GFLOP/s (median)", "GFLOP/s (best)"], mm), "",
+        f"Peak (best call): {fmt(record['summary']['peak_matmul_gflops'])} GFLOP/s.", "",
         f"Training step (AdamW) at image {s['image_size']}, patch {s['patch_size']}, dim "
         f"{s['dim']}, depth {s['depth']}, heads {s['heads']}, MLP {s['mlp_dim']}, batch "
         f"{s['batch']}; MFU = 3 x forward FLOPs x images/s / peak:", "",
@@ -109,8 +113,10 @@ def plot(record: dict):
     import matplotlib.pyplot as plt
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5), width_ratios=(1, 2))
-    left.plot([r["n"] for r in record["matmul"]], [r["gflops"] for r in record["matmul"]],
-              marker="o")  # fmt: skip
+    sizes = [r["n"] for r in record["matmul"]]
+    left.plot(sizes, [r["gflops"] for r in record["matmul"]], marker="o", label="median")
+    left.plot(sizes, [r["best_gflops"] for r in record["matmul"]], marker="x", label="best")
+    left.legend()
     left.set_xscale("log", base=2)
     left.set_xlabel("n (n x n @ n x n)")
     left.set_title("fp32 matmul GFLOP/s")

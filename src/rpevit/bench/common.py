@@ -59,8 +59,9 @@ def preset_settings(table: dict[str, dict], ctx: BenchContext) -> dict:
 def command_line() -> str:
     """The invoking process's command line (``python -m <package>`` for ``__main__.py``)."""
     program = sys.argv[0]
-    if program.endswith("__main__.py"):
-        program = f"python -m {Path(program).parent.name}"
+    main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if program.endswith("__main__.py") and main_spec is not None:
+        program = f"python -m {main_spec.name.removesuffix('.__main__')}"
     elif Path(program).name == "rpevit":
         program = "rpevit"
     return " ".join([program, *(shlex.quote(a) for a in sys.argv[1:])])
@@ -132,23 +133,33 @@ def fit_exponent(ns: Sequence[float], ts: Sequence[float]) -> float | None:
 
 
 def crossover(ns: Sequence[float], slow: Sequence[float | None], fast: Sequence[float | None]):
-    """Smallest N from which ``fast`` stays below ``slow`` (log-log interpolated between the
-    bracketing points); ``("below", N0)`` if already faster at the first N, ``("never", None)``
-    if not faster at the last N measured. Pairs with a missing value are ignored."""
+    """Smallest N from which ``fast`` stays below ``slow``, log-log interpolated between the
+    bracketing points: ``("at", N)``; ``("below", N0)`` if already faster at the first N;
+    if never faster, ``("extrapolated", N)`` from the last two points' trend (``("never",
+    None)`` if that trend does not close the gap). Pairs with a missing value are ignored."""
     points = [(n, s, f) for n, s, f in zip(ns, slow, fast, strict=True) if s and f]
     if not points:
         return ("unmeasured", None)
     if points[-1][2] >= points[-1][1]:
-        return ("never", None)
+        if len(points) < 2:
+            return ("never", None)
+        n_star = _log_root(*points[-2], *points[-1])
+        return ("extrapolated", n_star) if n_star and n_star > points[-1][0] else ("never", None)
     index = len(points) - 1
     while index > 0 and points[index - 1][2] < points[index - 1][1]:
         index -= 1
     if index == 0:
         return ("below", points[0][0])
-    (n0, s0, f0), (n1, s1, f1) = points[index - 1], points[index]
-    g0, g1 = math.log(f0 / s0), math.log(f1 / s1)  # log ratio: >= 0 at n0, < 0 at n1
+    return ("at", _log_root(*points[index - 1], *points[index]))
+
+
+def _log_root(n0: float, s0: float, f0: float, n1: float, s1: float, f1: float) -> float | None:
+    """N where the straight line through ``(log n, log f/s)`` at both points crosses zero."""
+    g0, g1 = math.log(f0 / s0), math.log(f1 / s1)
+    if g0 == g1:
+        return None
     frac = g0 / (g0 - g1)
-    return ("at", math.exp(math.log(n0) + frac * (math.log(n1) - math.log(n0))))
+    return math.exp(math.log(n0) + frac * (math.log(n1) - math.log(n0)))
 
 
 def describe_crossover(result: tuple[str, float | None], largest: float) -> str:
@@ -158,6 +169,8 @@ def describe_crossover(result: tuple[str, float | None], largest: float) -> str:
         return f"N ~ {n:,.0f}"
     if kind == "below":
         return f"faster already at N = {n:,.0f}"
+    if kind == "extrapolated":
+        return f"not faster up to N = {largest:,.0f}; trend extrapolates to N ~ {n:,.0f}"
     if kind == "never":
         return f"not faster up to N = {largest:,.0f}"
     return "not measured"

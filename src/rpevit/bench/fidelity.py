@@ -41,11 +41,12 @@ SETTINGS = {
                              features=[16, 32, 64, 128, 256, 512, 1024], draws=8)),
 }  # fmt: skip
 
-#: q/k l2-normalisation temperature (``Attention``'s initial ``tau``): logits ``tau cos(q, k)``.
-TEMPERATURE = 4.0
+#: q/k l2-normalisation temperatures studied; 4 is ``Attention``'s initial ``tau`` (logits
+#: ``tau cos(q, k)``, so ``|q||k|/sqrt(d) = tau`` exactly).
+TEMPERATURES = (1.0, 4.0)
 
-#: |q| of the module study's queries and keys (qkv weights rescaled to give it).
-MODULE_QK_NORM = 4.0
+#: ``E|q||k|/sqrt(d)`` of the module study's queries and keys (qkv weights rescaled to it).
+MODULE_RHO = 1.0
 
 POSITIONS = ("ape", "rpe", "string", "rope")
 
@@ -56,7 +57,7 @@ def relative_error(approx: Tensor, exact: Tensor) -> float:
     return ((approx.double() - exact).norm() / exact.norm()).item()
 
 
-def l2_normalise(x: Tensor, temperature: float = TEMPERATURE) -> Tensor:
+def l2_normalise(x: Tensor, temperature: float) -> Tensor:
     """What ``Attention(qk_norm=True)`` does: unit rows scaled so ``q.k/sqrt(d) = tau cos``."""
     return F.normalize(x, dim=-1) * temperature**0.5 * x.shape[-1] ** 0.25
 
@@ -85,11 +86,11 @@ def functional_rows(s: dict, seed: int) -> list[dict]:
         q, k = (torch.randn(shape, generator=generator, dtype=torch.float64) * sigma
                 for _ in range(2))  # fmt: skip
         v = torch.randn(shape, generator=generator, dtype=torch.float64)
-        for normalised in (False, True):
-            qq, kk = (l2_normalise(q), l2_normalise(k)) if normalised else (q, k)
+        for tau in (None, *TEMPERATURES):
+            qq, kk = (q, k) if tau is None else (l2_normalise(q, tau), l2_normalise(k, tau))
             for m in s["features"]:
                 rows.append({
-                    "rho": rho, "qk_norm": normalised, "nb_features": m,
+                    "rho": rho, "qk_norm": tau, "nb_features": m,
                     "rel_error": favor_error(qq, kk, v, m, s["draws"], seed),
                 })  # fmt: skip
     return rows
@@ -101,7 +102,8 @@ def _module_pair(position: str, m: int, qk_norm: bool, c: dict, head_dim: int):
     exact = build_attention(f"softmax-{position}", grid, c["heads"], head_dim, qk_norm=qk_norm)
     with torch.no_grad():
         dim = c["heads"] * head_dim
-        std = MODULE_QK_NORM / (head_dim**0.5 * dim**0.5)  # |q| ~ MODULE_QK_NORM for x ~ N(0, 1)
+        # x ~ N(0, 1): E|q|^2 = head_dim * dim * std^2 = sqrt(head_dim) * MODULE_RHO
+        std = (MODULE_RHO / (head_dim**0.5 * dim)) ** 0.5
         exact.qkv.weight.normal_(0.0, std)
         if position == "rpe":
             exact.position.table.normal_(0.0, 0.5)  # a non-trivial relative bias
@@ -150,6 +152,13 @@ def _curves(rows: list[dict], key_fields: tuple[str, ...]) -> dict[tuple, list[t
     return curves
 
 
+def _norm_label(qk_norm: float | bool | None) -> str:
+    """`` l2-norm tau=T`` (functional) / `` qk_norm`` (module) / nothing."""
+    if qk_norm is None or qk_norm is False:
+        return ""
+    return " qk_norm" if qk_norm is True else f" l2-norm tau={qk_norm:g}"
+
+
 def summarise(record: dict) -> dict:
     """Fitted slope of log error vs log m per curve (m^-1/2 gives -0.5)."""
     slopes = {}
@@ -158,7 +167,7 @@ def summarise(record: dict) -> dict:
         ("module", record["module"], ("position", "qk_norm")),
     ):
         for key, pts in _curves(rows, fields).items():
-            label = f"{name} {fields[0]}={key[0]}{' qk_norm' if key[1] else ''}"
+            label = f"{name} {fields[0]}={key[0]}{_norm_label(key[1])}"
             slopes[label] = fit_exponent([m for m, _ in pts], [e for _, e in pts])
     return {"slopes": slopes}
 
@@ -167,8 +176,9 @@ def run(ctx: BenchContext) -> dict:
     """Functional and module fidelity studies."""
     s = SETTINGS[ctx.preset]
     start = time.perf_counter()
-    record = new_record(ctx, "fidelity", {**s, "temperature": TEMPERATURE,
-                                          "module_qk_norm": MODULE_QK_NORM})  # fmt: skip
+    record = new_record(
+        ctx, "fidelity", {**s, "temperatures": TEMPERATURES, "module_rho": MODULE_RHO}
+    )
     record["functional"] = functional_rows(s, ctx.seed)
     record["module"] = module_rows(s, ctx.seed)
     record["summary"] = summarise(record)
@@ -181,16 +191,13 @@ def markdown(record: dict) -> str:
     s = record["settings"]
     err = {(r["rho"], r["qk_norm"], r["nb_features"]): r["rel_error"] for r in record["functional"]}
     tf = s["table_features"]
-    head = (
-        ["rho = E|q||k|/sqrt(d)"]
-        + [f"raw m={m}" for m in tf]
-        + [f"l2-norm (tau={record['settings']['temperature']:g}) m={m}" for m in tf]
-    )
+    taus = [None, *s["temperatures"]]
+    head = ["rho = E‖q‖‖k‖/√d"] + [
+        f"{'raw' if tau is None else f'l2-norm τ={tau:g}'} m={m}" for tau in taus for m in tf
+    ]
     norm_rows = [
-        [fmt(rho)] + [fmt(err.get((rho, False, m))) for m in tf]
-        + [fmt(err.get((rho, True, m))) for m in tf]
-        for rho in s["rhos"]
-    ]  # fmt: skip
+        [fmt(rho)] + [fmt(err.get((rho, tau, m))) for tau in taus for m in tf] for rho in s["rhos"]
+    ]
     mods = {(r["position"], r["qk_norm"], r["nb_features"]): r["rel_error"]
             for r in record["module"]}  # fmt: skip
     mf = s["module"]["features"]
@@ -206,7 +213,8 @@ def markdown(record: dict) -> str:
         f"{s['heads']} heads, mean relative error over {s['draws']} projection draws, float64):",
         "", md_table(head, norm_rows), "",
         f"Attention modules with shared weights ({c['heads']} heads, d={s['head_dim']}, "
-        f"{c['grid']}x{c['grid']} grid + CLS, |q| ~ {record['settings']['module_qk_norm']:g}; "
+        f"{c['grid']}x{c['grid']} grid + CLS, E‖q‖‖k‖/√d ~ {s['module_rho']:g} without "
+        f"qk_norm (with it: τ = 4); "
         f"rpe table ~ N(0, 0.5^2); {c['draws']} draws), relative error by m:", "",
         md_table(["pair"] + [f"m={m}" for m in mf], mod_rows), "",
         "Fitted slope of log(error) vs log(m) (m^-1/2 gives -0.5):", "",
@@ -228,7 +236,7 @@ def plot(record: dict):
         for (name, normed), pts in curves.items():
             ms, es = zip(*pts, strict=True)
             axis.plot(ms, es, marker="o", linestyle="--" if normed else "-",
-                      label=f"{what} {name}{' l2-norm' if normed else ''}")  # fmt: skip
+                      label=f"{what} {name}{_norm_label(normed)}")  # fmt: skip
             first = first or (ms[0], es[0], ms[-1])
         if first:
             m0, e0, m1 = first

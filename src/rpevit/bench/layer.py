@@ -29,7 +29,8 @@ SETTINGS = {
     "smoke": dict(tokens=[16, 64], batch_tokens=64, heads=2, head_dim=8, nb_features=8,
                   memory_all_paths=True),
     "quick": dict(tokens=[64, 256, 1024, 4096], batch_tokens=1024, heads=8, head_dim=32,
-                  nb_features=64, memory_all_paths=False),
+                  nb_features=64, memory_all_paths=False, min_tokens_other_path=1024,
+                  min_tokens_memory=1024),
     "full": dict(tokens=[64, 256, 1024, 4096, 16384], batch_tokens=4096, heads=8, head_dim=32,
                  nb_features=64, memory_all_paths=True, memory_only=[["favor-rpe", 16384]]),
 }  # fmt: skip
@@ -91,8 +92,11 @@ def run(ctx: BenchContext) -> dict:
     for tokens in s["tokens"]:
         specs, skipped = {}, {}
         for label in labels:
-            if label.startswith("favor-rpe[") and label != f"favor-rpe[{other_method(tokens)}]":
-                continue  # that path is favor-rpe's own (auto) row at this N
+            if label.startswith("favor-rpe[") and (
+                label != f"favor-rpe[{other_method(tokens)}]"  # auto's own row has that path
+                or tokens < s.get("min_tokens_other_path", 0)
+            ):
+                continue
             need = estimated_mib(label, tokens, s["heads"])
             if need > 0.6 * available_mib():
                 skipped[label] = f"skipped: needs ~{need / 1024:.0f} GiB (dense N x N bias)"
@@ -124,8 +128,10 @@ def run(ctx: BenchContext) -> dict:
                      "spec": spec, "note": "memory only"})  # fmt: skip
     if ctx.memory:
         measured = [
-            r for r in rows if "spec" in r and (s["memory_all_paths"] or "[" not in r["label"])
-        ]
+            r for r in rows
+            if "spec" in r and (s["memory_all_paths"] or "[" not in r["label"])
+            and r["tokens"] >= s.get("min_tokens_memory", 0)
+        ]  # fmt: skip
         results = measure_peak_memory([r["spec"] for r in measured])
         for row, result in zip(measured, results, strict=True):
             row.update(memory=result, peak_mib=result.get("peak_mib"))

@@ -27,7 +27,7 @@ SETTINGS = {
     "smoke": dict(tokens=[16, 64], softmax_max_tokens=64, batch_tokens=64, patch_size=2,
                   dim=16, depth=1, heads=2, mlp_dim=32),
     "quick": dict(tokens=[16, 64, 256, 1024, 4096], softmax_max_tokens=4096, batch_tokens=4096,
-                  patch_size=4, dim=64, depth=2, heads=4, mlp_dim=128),
+                  patch_size=4, dim=64, depth=2, heads=4, mlp_dim=128, min_tokens_memory=1024),
     "full": dict(tokens=[16, 64, 256, 1024, 4096, 16384], softmax_max_tokens=4096,
                  batch_tokens=4096, patch_size=4, dim=192, depth=4, heads=6, mlp_dim=384),
 }  # fmt: skip
@@ -77,7 +77,9 @@ def run(ctx: BenchContext) -> dict:
                 )
             rows.append(row)
     if ctx.memory:
-        for row, result in zip(rows, measure_peak_memory([r["spec"] for r in rows]), strict=True):
+        measured = [r for r in rows if r["tokens"] >= s.get("min_tokens_memory", 0)]
+        results = measure_peak_memory([r["spec"] for r in measured])
+        for row, result in zip(measured, results, strict=True):
             row.update(memory=result, peak_mib=result.get("peak_mib"))
     record["rows"] = rows
     record["summary"] = summarise(rows, ctx.models)
