@@ -264,3 +264,52 @@ def test_resume_mid_epoch_gives_identical_results(tmp_path):
     crashed = load_checkpoint(tmp_path / "crashed" / "checkpoints" / "last.ckpt")["state_dict"]
     assert straight.keys() == crashed.keys()
     assert all(torch.equal(straight[k], crashed[k]) for k in straight)
+
+
+# --- experiments/train_baseline.py and training curves -----
+
+
+def load_script(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_baseline_script_trains_and_plots(tmp_path, capsys):
+    root = shared_data_dir()
+    if root is None:
+        pytest.skip("shared MNIST data not found")
+    script = load_script("train_baseline")
+    argv = ["--dataset", "mnist", "--epochs", "1", "--preset", "quick", "--data-dir", str(root)]
+    argv += ["--out", str(tmp_path), "--max-train-samples", "256", "--max-val-samples", "64"]
+    argv += ["--max-test-samples", "64", "--no-progress", "--log-every-n-steps", "1"]
+    argv += ["--patch-size", "7", "--dim", "32", "--depth", "1", "--heads", "2"]
+    assert script.main([*argv, "--save-model", "--save-metrics", "--save-plots"]) == 0
+    run = tmp_path / "mnist-softmax-ape-quick-seed0"  # softmax-ape by default
+    printed = capsys.readouterr().out
+    assert f"metrics: {run / 'metrics.json'}" in printed
+    assert f"model: {run / 'checkpoints' / 'best.ckpt'}" in printed
+    assert json.loads((run / "metrics.json").read_text())["model"] == "softmax-ape"
+    for name in ("loss.png", "accuracy.png"):
+        assert (run / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert script.main([*argv, "--model", "nope-ape"]) == 2  # errors as `rpevit train`
+
+
+def test_training_curves_prefer_the_resumed_start(tmp_path):
+    from rpevit.training.curves import read_curves
+
+    for version, rows in (
+        (0, "epoch,step,train/loss_step,val/acc\n0,1,2.0,\n0,2,1.5,\n0,2,,0.3\n"),
+        (1, "epoch,step,train/loss_step,val/acc\n0,2,1.4,\n1,3,1.2,\n"),
+    ):
+        folder = tmp_path / "logs" / "csv" / f"version_{version}"
+        folder.mkdir(parents=True)
+        (folder / "metrics.csv").write_text(rows)
+    curves = read_curves(tmp_path)
+    assert curves["train/loss_step"] == {1: 2.0, 2: 1.4, 3: 1.2}
+    assert curves["val/acc"] == {2: 0.3}

@@ -130,6 +130,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, help="torch CPU threads")
     g.add_argument("--num-workers", type=int, help="threads decoding imagefolder images")
     g.add_argument("--no-progress", dest="progress_bar", action="store_false", default=None)
+    g.add_argument("--log-every-n-steps", type=int, help="logging period in steps (default 50)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
