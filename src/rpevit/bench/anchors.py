@@ -95,6 +95,7 @@ def favor_rows(s: dict, ctx: BenchContext) -> list[dict]:
         from performer_pytorch import FastAttention
     h, d, m = s["heads"], s["head_dim"], s["nb_features"]
     sigma = (s["rho"] / d**0.5) ** 0.5  # E|q||k|/sqrt(d) ~ rho
+    compiled_favor = torch.compile(favor_attention) if ctx.compile else None
     rows = []
     for tokens in s["tokens"]:
         batch = max(1, s["batch_tokens"] // tokens)
@@ -103,6 +104,8 @@ def favor_rows(s: dict, ctx: BenchContext) -> list[dict]:
         v = torch.randn(batch, h, tokens, d, generator=generator)
         estimators = {"ours favor_attention": favor_attention,
                       "proposed: in-place features": favor_attention_inplace}  # fmt: skip
+        if ctx.compile:
+            estimators["ours + torch.compile"] = compiled_favor
         if have:
             fast = FastAttention(dim_heads=d, nb_features=m, causal=False)
 
@@ -248,16 +251,20 @@ def summarise(record: dict) -> dict:
         if ours and theirs:
             speedups[n] = ratio(theirs["time_ms"], ours["time_ms"])
             error_ok[n] = ours["rel_error"] <= theirs["rel_error"] * (1 + 1e-3)
-    proposed = {}
+    proposed, compiled = {}, {}
     for n in record["settings"]["tokens"]:
-        new = fav.get(("proposed: in-place features", n))
         ours = fav.get(("ours favor_attention", n))
         theirs = fav.get(("performer-pytorch FastAttention", n))
-        if new and ours:
-            proposed[n] = {
-                "vs_ours": ratio(ours["time_ms"], new["time_ms"]),
-                "vs_fastattention": ratio(theirs["time_ms"], new["time_ms"]) if theirs else None,
-            }
+        for name, out in (("proposed: in-place features", proposed),
+                          ("ours + torch.compile", compiled)):  # fmt: skip
+            new = fav.get((name, n))
+            if new and ours:
+                out[n] = {
+                    "vs_ours": ratio(ours["time_ms"], new["time_ms"]),
+                    "vs_fastattention": ratio(theirs["time_ms"], new["time_ms"])
+                    if theirs
+                    else None,
+                }
     large = [n for n in speedups if n >= 1024]
     vit = {r["impl"]: r.get("images_per_s") for r in record["vit"]}
     vit_ratio = ratio(vit.get("ours softmax-ape"), vit.get("vit-pytorch ViT"))
@@ -267,6 +274,7 @@ def summarise(record: dict) -> dict:
         "favor_target_pass": all(speedups[n] >= 1.3 and error_ok[n] for n in large)
         if large else None,
         "proposed_inplace_speedup": proposed,
+        "compiled_speedup": compiled,
         "vit_throughput_ratio": vit_ratio,
         "vit_target_pass": None if vit_ratio is None else vit_ratio >= 1.0,
     }  # fmt: skip
@@ -330,6 +338,11 @@ def markdown(record: dict) -> str:
         "Targets:", "",
         f"- FastAttention time / ours: {speed or 'n/a'} (target >= 1.3x at N >= 1024 with "
         f"equal or lower error): {verdict(summary['favor_target_pass'])}",
+        "- ours + torch.compile (with --compile), speed-up over ours / over FastAttention: "
+        + (", ".join(
+            f"N={n}: {fmt(x['vs_ours'], 2)}x / {fmt(x['vs_fastattention'], 2)}x"
+            for n, x in summary["compiled_speedup"].items()
+        ) or "not run"),
         "- proposed in-place FAVOR+ features (rpevit.bench.candidates), speed-up over ours / "
         "over FastAttention: " + ", ".join(
             f"N={n}: {fmt(x['vs_ours'], 2)}x / {fmt(x['vs_fastattention'], 2)}x"

@@ -10,7 +10,9 @@ that is a copy, so a kill during it leaves a truncated ``last.ckpt``, and nothin
 from __future__ import annotations
 
 import os
+import re
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -56,14 +58,22 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found")
+    if not zipfile.is_zipfile(path):  # torch.save writes zip archives
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: not a PyTorch checkpoint, or truncated "
+            f"({path.stat().st_size} bytes)"
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling, truncation, zip errors: all mean "unreadable"
-        hint = ""
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            hint = "; it holds Python objects beyond tensors and plain values, which are not "
-            hint += "loaded for safety: re-save it with plain state dicts"
-        raise CheckpointError(f"cannot read checkpoint {path} ({_one_line(e)}){hint}") from e
+        unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if unsafe:
+            raise CheckpointError(
+                f"cannot read checkpoint {path}: it contains a Python object "
+                f"({unsafe.group(1)}) that loading with weights_only=True refuses, for safety; "
+                "save checkpoints with tensors and plain values only"
+            ) from e
+        raise CheckpointError(f"cannot read checkpoint {path} ({_one_line(e)})") from e
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
     if not hparams or "model_name" not in hparams or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path} is not an rpevit training checkpoint")

@@ -445,8 +445,12 @@ def evaluate_checkpoint(
     module = ImageClassifier(**hparams)
     try:
         module.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{ckpt_path} does not match its model ({_one_line(e)})") from e
+    except RuntimeError as e:  # the first line only says "Error(s) in loading state_dict"
+        details = [line.strip() for line in str(e).splitlines()[1:] if line.strip()]
+        raise CheckpointError(
+            f"{ckpt_path} does not match its model {hparams['model_name']} "
+            f"({details[0] if details else _one_line(e)})"
+        ) from e
     model = module.model.to(device).eval()
 
     if datamodule is None:
