@@ -1,6 +1,11 @@
 """Training and evaluation: LightningModule, Trainer setup, presets, CLI glue."""
 
-from rpevit.training.callbacks import EpochTimer
+from rpevit.training.callbacks import EpochTimer, GracefulStop
+from rpevit.training.checkpointing import (
+    AtomicCheckpointIO,
+    resume_checkpoint,
+    transfer_weights,
+)
 from rpevit.training.cli import (
     add_evaluate_arguments,
     add_train_arguments,
@@ -9,19 +14,26 @@ from rpevit.training.cli import (
     run_train,
 )
 from rpevit.training.config import PRESETS, TrainConfig, resolve_config
+from rpevit.training.curves import plot_curves, read_curves
 from rpevit.training.module import ImageClassifier, param_groups, warmup_cosine
 from rpevit.training.run import (
+    RESIZE_MODES,
     build_trainer,
     evaluate,
     evaluate_checkpoint,
     find_checkpoint,
     load_checkpoint,
+    resize_images,
+    resolution_transfer,
     train,
 )
 
 __all__ = [
     "PRESETS",
+    "RESIZE_MODES",
+    "AtomicCheckpointIO",
     "EpochTimer",
+    "GracefulStop",
     "ImageClassifier",
     "TrainConfig",
     "add_evaluate_arguments",
@@ -33,9 +45,15 @@ __all__ = [
     "find_checkpoint",
     "load_checkpoint",
     "param_groups",
+    "plot_curves",
+    "read_curves",
+    "resize_images",
+    "resolution_transfer",
     "resolve_config",
+    "resume_checkpoint",
     "run_evaluate",
     "run_train",
     "train",
+    "transfer_weights",
     "warmup_cosine",
 ]

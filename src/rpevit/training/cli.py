@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.utilities import rank_zero_only
+
 from rpevit.data import list_datasets
 from rpevit.errors import ConfigError, TrainingInterrupted
 from rpevit.training.checkpointing import resume_checkpoint
@@ -169,7 +171,8 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         metrics = train(config_from_args(args))
     except TrainingInterrupted as e:
-        print(f"rpevit train: {e}", file=sys.stderr)
+        if rank_zero_only.rank == 0:  # every DDP rank stops; one message is enough
+            print(f"rpevit train: {e}", file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:
         print(
