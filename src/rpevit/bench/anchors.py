@@ -136,9 +136,7 @@ def favor_rows(s: dict, ctx: BenchContext) -> list[dict]:
         fns["torch SDPA (exact)"] = F.scaled_dot_product_attention
         leaves = [x.clone().requires_grad_() for x in (q, k, v)]
         steps = {name: _fwd_bwd(fn, leaves) for name, fn in fns.items()}
-        times = time_interleaved(
-            steps, warmup=ctx.warmup, repeats=ctx.repeats, budget_s=ctx.budget_s
-        )
+        times = time_interleaved(steps, ctx)
         for name in fns:
             rows.append({
                 "impl": name, "tokens": tokens, "batch": batch, "times_s": times[name],
@@ -183,9 +181,7 @@ def rope_rows(s: dict, ctx: BenchContext) -> list[dict]:
                 agreement = (ours_q[..., perm] - their_q).abs().max().item()
         leaves = [x.clone().requires_grad_() for x in (q, k)]
         steps = {name: _fwd_bwd(fn, leaves) for name, fn in fns.items()}
-        times = time_interleaved(
-            steps, warmup=ctx.warmup, repeats=ctx.repeats, budget_s=ctx.budget_s
-        )
+        times = time_interleaved(steps, ctx)
         for name in fns:
             rows.append({"impl": name, "tokens": tokens, "batch": batch, "times_s": times[name],
                          "time_ms": median(times[name]) * 1e3,
@@ -229,7 +225,7 @@ def vit_rows(s: dict, ctx: BenchContext) -> list[dict]:
             optimizer.step()
 
         steps[name] = step
-    times = time_interleaved(steps, warmup=ctx.warmup, repeats=ctx.repeats, budget_s=ctx.budget_s)
+    times = time_interleaved(steps, ctx)
     rows = [
         {"impl": name, "params": sum(p.numel() for p in models[name].parameters()),
          "times_s": times[name], "images_per_s": c["batch"] / median(times[name])}

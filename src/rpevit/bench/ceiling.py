@@ -41,7 +41,7 @@ def matmul_gflops(sizes: list[int], ctx: BenchContext) -> list[dict]:
     generator = torch.Generator().manual_seed(ctx.seed)
     operands = {n: (torch.randn(n, n, generator=generator),) * 2 for n in sizes}
     fns = {n: (lambda a=a, b=b: torch.mm(a, b)) for n, (a, b) in operands.items()}
-    times = time_interleaved(fns, warmup=ctx.warmup, repeats=ctx.repeats, budget_s=ctx.budget_s)
+    times = time_interleaved(fns, ctx)
     return [
         {"n": n, "times_s": times[n], "gflops": 2 * n**3 / median(times[n]) / 1e9,
          "best_gflops": 2 * n**3 / min(times[n]) / 1e9}
@@ -58,7 +58,7 @@ def model_rows(s: dict, ctx: BenchContext) -> list[dict]:
         for v in ctx.models
     }  # fmt: skip
     steps = {v: build_step(spec) for v, spec in specs.items()}
-    times = time_interleaved(steps, warmup=ctx.warmup, repeats=ctx.repeats, budget_s=ctx.budget_s)
+    times = time_interleaved(steps, ctx)
     rows = []
     for variant in ctx.models:
         model = create_model(

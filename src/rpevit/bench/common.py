@@ -84,22 +84,24 @@ def log(message: str) -> None:
 
 
 def time_interleaved(
-    fns: dict[str, Callable[[], Any]], *, warmup: int, repeats: int, budget_s: float
+    fns: dict[str, Callable[[], Any]], ctx: BenchContext
 ) -> dict[str, list[float]]:
-    """Timed seconds per callable, run round-robin after ``max(warmup, 1)`` warm-up calls each.
+    """Timed seconds per callable, run round-robin after ``ctx.warmup`` warm-up calls each
+    (at least 1; 2 with ``--compile``, whose first call compiles).
 
-    A callable gets ``repeats`` timed calls, or as many as fit in ``budget_s`` seconds by its
-    last warm-up call, but at least ``min(3, repeats)``, or 1 if one call exceeds the budget.
-    A call slower than ``SLOW_CALLS x budget_s`` is not repeated: its warm-up call is the
-    sample (one-time initialisation is negligible at that length).
+    A callable gets ``ctx.repeats`` timed calls, or as many as fit in ``ctx.budget_s`` seconds
+    by its last warm-up call, but at least ``min(3, repeats)``, or 1 if one call exceeds the
+    budget. Without ``--compile``, a call slower than ``SLOW_CALLS x budget_s`` is not repeated:
+    its warm-up call is the sample (one-time initialisation is negligible at that length).
     """
     targets, times = {}, {name: [] for name in fns}
+    warmup = max(ctx.warmup, 2 if ctx.compile else 1)
     for name, fn in fns.items():
-        for _ in range(max(warmup, 1)):
+        for _ in range(warmup):
             estimate = time_once(fn)
-        floor = 1 if estimate > budget_s else min(3, repeats)
-        targets[name] = max(floor, min(repeats, int(budget_s / max(estimate, 1e-9))))
-        if estimate > SLOW_CALLS * budget_s:
+        floor = 1 if estimate > ctx.budget_s else min(3, ctx.repeats)
+        targets[name] = max(floor, min(ctx.repeats, int(ctx.budget_s / max(estimate, 1e-9))))
+        if estimate > SLOW_CALLS * ctx.budget_s and not ctx.compile:
             times[name], targets[name] = [estimate], 0
         log(f"  {name}: warm-up {estimate * 1e3:.1f} ms -> {targets[name] or 'no more'} calls")
     for round_index in range(max(targets.values(), default=0)):

@@ -103,9 +103,7 @@ def run(ctx: BenchContext) -> dict:
             else:
                 specs[label] = _spec(label, tokens, s, ctx)
         steps = {label: build_step(spec) for label, spec in specs.items()}
-        times = time_interleaved(
-            steps, warmup=ctx.warmup, repeats=ctx.repeats, budget_s=ctx.budget_s
-        )
+        times = time_interleaved(steps, ctx)
         del steps
         gc.collect()
         for label in labels:

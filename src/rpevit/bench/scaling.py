@@ -61,9 +61,7 @@ def run(ctx: BenchContext) -> dict:
         ]
         specs = {(v, m): _spec(v, tokens, m, s, ctx) for v in variants for m in MODES}
         steps = {f"{v}/{m}": build_step(spec) for (v, m), spec in specs.items()}
-        times = time_interleaved(
-            steps, warmup=ctx.warmup, repeats=ctx.repeats, budget_s=ctx.budget_s
-        )
+        times = time_interleaved(steps, ctx)
         del steps
         gc.collect()
         for variant in variants:
