@@ -119,8 +119,8 @@ def run(ctx: BenchContext) -> dict:
                 "times_s": times[label],
             })  # fmt: skip
     for label, tokens in s.get("memory_only", []) if ctx.memory else []:
-        if label not in labels:
-            continue
+        if label not in labels or tokens in s["tokens"]:
+            continue  # not selected, or already measured with the timed rows
         spec = _spec(label, tokens, s, ctx)
         rows.append({"label": spec["variant"], "tokens": spec["tokens"], "batch": spec["batch"],
                      "spec": spec, "note": "memory only"})  # fmt: skip
