@@ -313,3 +313,15 @@ def test_training_curves_prefer_the_resumed_start(tmp_path):
     curves = read_curves(tmp_path)
     assert curves["train/loss_step"] == {1: 2.0, 2: 1.4, 3: 1.2}
     assert curves["val/acc"] == {2: 0.3}
+
+
+def test_last_checkpoint_is_refreshed_every_epoch_even_without_improvement(tmp_path):
+    """With a vanishing learning rate validation accuracy never improves after epoch 0, yet
+    last.ckpt must follow every epoch (a resume must not retrain finished epochs)."""
+    config = tiny_run(tmp_path, epochs=3, lr=1e-12, warmup_epochs=0.0)
+    train(config)
+    run_dir = resolve_config(config).run_dir
+    last = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    best = load_checkpoint(run_dir / "checkpoints" / "best.ckpt")
+    assert last["epoch"] == 2 and best["epoch"] == 0
+    assert last["global_step"] == 3 * best["global_step"]

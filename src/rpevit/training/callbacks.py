@@ -12,6 +12,7 @@ from types import FrameType
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import Checkpoint
 
 from rpevit.errors import TrainingInterrupted
 
@@ -155,3 +156,17 @@ class GracefulStop(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
         self.restore()
+
+
+class LastEveryEpoch(Checkpoint):
+    """Writes ``last.ckpt`` after every validation. Lightning's ``ModelCheckpoint(save_last=True)``
+    with a monitor only refreshes it in epochs where the monitored metric improved, so a resume
+    would retrain the epochs since. Being a ``Checkpoint``, it runs after ``ModelCheckpoint``,
+    so the saved state already holds this epoch's best-model bookkeeping."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            trainer.save_checkpoint(self.path)

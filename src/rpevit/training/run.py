@@ -49,7 +49,7 @@ from rpevit.metrics import (
     peak_memory_mb,
     write_json_atomic,
 )
-from rpevit.training.callbacks import EpochTimer, GracefulStop
+from rpevit.training.callbacks import EpochTimer, GracefulStop, LastEveryEpoch
 from rpevit.training.checkpointing import (
     BEST,
     CHECKPOINT_DIR,
@@ -155,16 +155,17 @@ def build_trainer(
         deterministic = True if accelerator == "cpu" else "warn"
     ckpt_dir = run_dir / CHECKPOINT_DIR
     checkpoints = [
-        ModelCheckpoint(  # best.ckpt, plus last.ckpt after every validation
+        ModelCheckpoint(  # best.ckpt
             dirpath=ckpt_dir,
             filename=Path(BEST).stem,
             monitor="val/acc",
             mode="max",
             save_top_k=1,
-            save_last=True,
+            save_last=False,
             auto_insert_metric_name=False,
             enable_version_counter=False,
-        )
+        ),
+        LastEveryEpoch(ckpt_dir / LAST),  # last.ckpt after every validation
     ]
     if config.checkpoint_every_n_steps:  # last.ckpt also every N steps, mid-epoch included
         checkpoints.append(
