@@ -3,5 +3,5 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 cd "$ROOT"
-ruff check src tests benchmarks
+ruff check src tests benchmarks experiments
 python -m pytest "$@"
