@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from rpevit.atomic import atomic_write
 from rpevit.data import load_dataset
 from rpevit.data.augment import normalize
 from rpevit.errors import RpevitError
@@ -106,7 +107,8 @@ def build_report(
         notes.append("no validation curves: no run has CSV logs with val/loss, val/acc")
 
     title = f"Results: {dataset}, {len(runs)} runs of {len(rows)} models"
-    (out / "results.md").write_text(markdown(rows, title, notes, [str(p) for p in plots]))
+    with atomic_write(out / "results.md", "w") as f:
+        f.write(markdown(rows, title, notes, [str(p) for p in plots]))
     write_csv(rows, out / "results.csv")
     summary = {
         "runs_dir": str(runs_dir),

@@ -17,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from rpevit.atomic import atomic_write
 from rpevit.report.runs import Run
 from rpevit.report.tables import model_order
 
@@ -50,7 +51,8 @@ def _style(model: str, models: Sequence[str]) -> dict[str, Any]:
 
 def _save(fig: Figure, path: Path) -> Path:
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight")
     return path
 
 

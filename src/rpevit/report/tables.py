@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rpevit.atomic import atomic_write
 from rpevit.registry import list_available_models
 from rpevit.report.runs import Run
 
@@ -262,7 +263,7 @@ def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     for metric in METRICS:
         columns += [f"{metric.key}_mean", f"{metric.key}_std"]
     columns += ["gap_to_softmax", "gap_closed"]
-    with path.open("w", newline="") as f:
+    with atomic_write(path, "w") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in rows:
