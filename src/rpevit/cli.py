@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="tables and plots from run folders")
     add_report_arguments(report)
     report.set_defaults(func=run_report_command)
+
+    from rpevit.bench import add_bench_arguments, run_bench
+
+    bench = sub.add_parser("bench", help="speed, memory, scaling, fidelity, hardware ceiling")
+    add_bench_arguments(bench)
+    bench.set_defaults(func=run_bench)
     return parser
 
 

@@ -25,8 +25,9 @@ from torch.utils.checkpoint import checkpoint
 from rpevit.attention.functional import DENOMINATOR_EPS
 
 #: Patch-token count from which ``method="auto"`` switches from the quadratic form to the FFT.
-#: Measured with ``benchmarks/bench_attention.py`` on a 2-core CPU (see README).
-FFT_THRESHOLD = 8192
+#: Measured with ``rpevit bench layer`` on a 2-core CPU (8 heads, d = 32, m = 64): the FFT path
+#: overtakes the blocked quadratic form at about 12k tokens (see README, Benchmarks).
+FFT_THRESHOLD = 12288
 
 #: Bytes one chunk's largest intermediate may occupy; bounds both paths' peak memory.
 CHUNK_BYTES = 128 * 2**20
@@ -40,8 +41,10 @@ def toeplitz_rows(table: Tensor, height: int, width: int, start: int = 0, stop: 
     backward is a windowed sum, not an N^2-element scatter."""
     stop = height if stop is None else stop
     flipped = table.flip(-2, -1)  # flipped[H-1 + r_i - r_j] = table[r_j - r_i]
-    windows = flipped.unfold(-2, height, 1).unfold(-2, width, 1)  # [h, H, W, H, W]
-    rows = windows[:, start:stop].flip(-2, -1)
+    # Slice before unfolding: backward then only materialises this block's windows.
+    flipped = flipped[:, start : stop + height - 1]
+    windows = flipped.unfold(-2, height, 1).unfold(-2, width, 1)  # [h, stop-start, W, H, W]
+    rows = windows.flip(-2, -1)
     return rows.reshape(table.shape[0], (stop - start) * width, height * width)
 
 
