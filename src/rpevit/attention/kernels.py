@@ -24,6 +24,15 @@ from rpevit.attention.toeplitz import dense_relative_matrix, rpe_linear_attentio
 from rpevit.positions.base import TokenGrid
 
 
+def random_feature_count(head_dim: int, nb_features: int | None) -> int:
+    """Validated feature count; default ``int(d ln d)`` as in ``performer-pytorch``."""
+    if nb_features is None:
+        nb_features = max(1, int(head_dim * math.log(head_dim)))
+    if nb_features < 1:
+        raise ValueError(f"nb_features must be >= 1, got {nb_features}")
+    return nb_features
+
+
 class AttentionKernel(nn.Module):
     """Base class; subclasses implement ``forward(q, k, v, relative_logits, grid)``."""
 
@@ -81,10 +90,7 @@ class FavorKernel(LinearKernel):
         rpe_method: str = "auto",
     ) -> None:
         super().__init__(rpe_method)
-        if nb_features is None:
-            nb_features = max(1, int(head_dim * math.log(head_dim)))
-        if nb_features < 1:
-            raise ValueError(f"nb_features must be >= 1, got {nb_features}")
+        nb_features = random_feature_count(head_dim, nb_features)
         if redraw_interval < 0:
             raise ValueError(f"redraw_interval must be >= 0, got {redraw_interval}")
         self.head_dim, self.nb_features, self.redraw_interval = (
@@ -168,10 +174,7 @@ class LearnableKernel(LinearKernel):
         self, head_dim: int, nb_features: int | None = None, rpe_method: str = "auto"
     ) -> None:
         super().__init__(rpe_method)
-        if nb_features is None:
-            nb_features = max(1, int(head_dim * math.log(head_dim)))
-        if nb_features < 1:
-            raise ValueError(f"nb_features must be >= 1, got {nb_features}")
+        nb_features = random_feature_count(head_dim, nb_features)
         self.feature_weight = nn.Parameter(orthogonal_gaussian_projection(nb_features, head_dim))
 
     def features(self, x: Tensor, is_query: bool) -> Tensor:
