@@ -155,13 +155,13 @@ def build_trainer(
         deterministic = True if accelerator == "cpu" else "warn"
     ckpt_dir = run_dir / CHECKPOINT_DIR
     checkpoints = [
-        ModelCheckpoint(  # best.ckpt
+        ModelCheckpoint(  # best.ckpt, and last.ckpt when best improves or training ends
             dirpath=ckpt_dir,
             filename=Path(BEST).stem,
             monitor="val/acc",
             mode="max",
             save_top_k=1,
-            save_last=False,
+            save_last=True,
             auto_insert_metric_name=False,
             enable_version_counter=False,
         ),
