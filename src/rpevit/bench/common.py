@@ -14,7 +14,6 @@ import platform
 import shlex
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any
 
 import torch
 
+from rpevit.atomic import atomic_write
 from rpevit.metrics import git_commit, write_json_atomic
 
 VARIANTS = [
@@ -239,20 +239,16 @@ def verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("PASS" if ok else "FAIL")
 
 
-def _replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """``write`` a temporary file beside ``path``, then ``os.replace`` it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def loglog_axes(axes_titles, suptitle: str, figure) -> None:
+    """Shared styling of the N-scaling plots: log2 x (patch tokens), log y, grid, legend."""
+    for axis, title in axes_titles:
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
+        axis.set_xlabel("patch tokens N")
+        axis.set_title(title)
+        axis.grid(True, which="both", alpha=0.3)
+    axes_titles[0][0].legend(fontsize=7, ncol=2)
+    figure.suptitle(suptitle)
 
 
 def write_outputs(ctx: BenchContext, name: str, record: dict, markdown: str, plot) -> dict:
@@ -276,14 +272,12 @@ def write_outputs(ctx: BenchContext, name: str, record: dict, markdown: str, plo
         f"Command: `{record['command']}`\n\n"
     )
     text = header + markdown.rstrip() + "\n"
-    _replace_atomically(paths["md"], lambda p: p.write_text(text))
-
-    def save_png(p: Path) -> None:
-        figure = plot()
-        figure.savefig(p, format="png", dpi=110, bbox_inches="tight")
-        plt.close(figure)
-
-    _replace_atomically(paths["png"], save_png)
+    with atomic_write(paths["md"], "w") as f:
+        f.write(text)
+    figure = plot()
+    with atomic_write(paths["png"]) as f:
+        figure.savefig(f, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
     print(text)
     return {k: str(v) for k, v in paths.items()}
 

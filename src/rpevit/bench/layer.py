@@ -13,6 +13,7 @@ from rpevit.bench.common import (
     crossover,
     describe_crossover,
     fmt,
+    loglog_axes,
     md_table,
     median,
     new_record,
@@ -297,14 +298,11 @@ def plot(record: dict):
             left.plot(*zip(*pts, strict=True), label=label, **style)
         if mem:
             right.plot(*zip(*mem, strict=True), label=label, **style)
-    for axis, title in ((left, "fwd+bwd time per sequence (ms)"), (right, "peak memory (MiB)")):
-        axis.set_xscale("log", base=2)
-        axis.set_yscale("log")
-        axis.set_xlabel("patch tokens N")
-        axis.set_title(title)
-        axis.grid(True, which="both", alpha=0.3)
-    left.legend(fontsize=7, ncol=2)
-    figure.suptitle("One attention layer (B*N constant)")
+    loglog_axes(
+        ((left, "fwd+bwd time per sequence (ms)"), (right, "peak memory (MiB)")),
+        "One attention layer (B*N constant)",
+        figure,
+    )
     return figure
 
 

@@ -13,6 +13,7 @@ from rpevit.bench.common import (
     describe_crossover,
     fit_exponent,
     fmt,
+    loglog_axes,
     md_table,
     median,
     new_record,
@@ -178,14 +179,11 @@ def plot(record: dict):
         for power, name in ((1, "O(N)"), (2, "O(N^2)")):
             left.plot([n0, n1], [t0, t0 * (n1 / n0) ** power], color="grey",
                       linestyle="-." if power == 1 else (0, (1, 4)), label=name)  # fmt: skip
-    for axis, title in ((left, "fwd+bwd ms per image"), (right, "peak memory per batch (MiB)")):
-        axis.set_xscale("log", base=2)
-        axis.set_yscale("log")
-        axis.set_xlabel("patch tokens N")
-        axis.set_title(title)
-        axis.grid(True, which="both", alpha=0.3)
-    left.legend(fontsize=7, ncol=2)
-    figure.suptitle("Whole-model scaling with token count")
+    loglog_axes(
+        ((left, "fwd+bwd ms per image"), (right, "peak memory per batch (MiB)")),
+        "Whole-model scaling with token count",
+        figure,
+    )
     return figure
 
 
