@@ -60,36 +60,25 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--mlp-dim", type=int, default=512)
     models.set_defaults(func=_models_command)
 
-    # Imported here so that `rpevit models` stays fast (no Lightning import).
-    from rpevit.training import (
-        add_evaluate_arguments,
-        add_train_arguments,
-        run_evaluate,
-        run_train,
-    )
-
-    train = sub.add_parser("train", help="train and evaluate one model")
-    add_train_arguments(train)
-    train.set_defaults(func=run_train)
-    evaluate = sub.add_parser("evaluate", help="re-measure a trained model on the test set")
-    add_evaluate_arguments(evaluate)
-    evaluate.set_defaults(func=run_evaluate)
-
+    from rpevit.bench import add_bench_arguments, run_bench
     from rpevit.experiments import add_grid_arguments, run_grid_command
     from rpevit.report import add_report_arguments, run_report_command
+    from rpevit.training import add_evaluate_arguments, add_train_arguments, run_evaluate, run_train
 
-    grid = sub.add_parser("grid", help="train and evaluate models x seeds (resumable, shardable)")
-    add_grid_arguments(grid)
-    grid.set_defaults(func=run_grid_command)
-    report = sub.add_parser("report", help="tables and plots from run folders")
-    add_report_arguments(report)
-    report.set_defaults(func=run_report_command)
-
-    from rpevit.bench import add_bench_arguments, run_bench
-
-    bench = sub.add_parser("bench", help="speed, memory, scaling, fidelity, hardware ceiling")
-    add_bench_arguments(bench)
-    bench.set_defaults(func=run_bench)
+    commands = [
+        ("train", "train and evaluate one model", add_train_arguments, run_train),
+        ("evaluate", "re-measure a trained model on the test set", add_evaluate_arguments,
+         run_evaluate),
+        ("grid", "train and evaluate models x seeds (resumable, shardable)", add_grid_arguments,
+         run_grid_command),
+        ("report", "tables and plots from run folders", add_report_arguments, run_report_command),
+        ("bench", "speed, memory, scaling, fidelity, hardware ceiling", add_bench_arguments,
+         run_bench),
+    ]  # fmt: skip
+    for name, help_text, add_arguments, handler in commands:
+        command = sub.add_parser(name, help=help_text)
+        add_arguments(command)
+        command.set_defaults(func=handler)
     return parser
 
 
