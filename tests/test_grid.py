@@ -138,7 +138,7 @@ def test_cli_passes_train_options_and_reports_failures(tmp_path, monkeypatch, ca
         ("softmax-rope", 3): "finished",
         ("softmax-rope", 4): "pending",
     }
-    assert "[2/2] softmax-rope seed 3: done" in capsys.readouterr().out
+    assert "[2/2] softmax-rope/seed3: done" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="none of the models"):
         run_grid_command(parser.parse_args(["--models", "relu-ape", *argv[2:]]))
     with pytest.raises(SystemExit):  # the grid resumes by itself
@@ -264,3 +264,79 @@ def test_parallel_jobs_run_every_shard_and_merge_the_summary(tmp_path):
         assert metrics["config"]["threads"] == 1  # 2 cores / 2 workers
     with pytest.raises(ConfigError, match="--shard and --jobs > 1 do not combine"):
         run_grid_command(parser.parse_args([*argv, "--shard", "1/2"]))
+
+
+def test_feature_ablation_plans_one_run_per_m_where_the_kernel_has_features():
+    models = ["softmax-ape", "favor-rope", "learnable-ape", "relu-ape", "exp-ape"]
+    runs = plan_grid(models, [1], [32, 16])
+    assert [r.name for r in runs] == [
+        "exp-ape/seed1",
+        "favor-rope/m16/seed1",
+        "favor-rope/m32/seed1",
+        "learnable-ape/m16/seed1",
+        "learnable-ape/m32/seed1",
+        "relu-ape/seed1",  # identity ReLU: m = head_dim, nothing to vary
+        "softmax-ape/seed1",
+    ]
+    learned = plan_grid(["relu-ape"], [1], [16], {"feature_projection": "learned"})
+    assert [(r.model, r.nb_features) for r in learned] == [("relu-ape", 16)]
+    with pytest.raises(ConfigError, match="applies to none of the models"):
+        plan_grid(["softmax-ape", "relu-ape", "linformer-ape"], [1], [16])
+    with pytest.raises(ConfigError, match="feature counts must be >= 1, got 0"):
+        plan_grid(["favor-ape"], [1], [16, 0])
+
+
+def test_grid_cli_runs_the_ablation_into_per_m_folders(tmp_path, monkeypatch):
+    fake = FakeTrain()
+    monkeypatch.setattr(grid, "train", fake)
+    out = tmp_path / "ablation"
+    parser = argparse.ArgumentParser()
+    add_grid_arguments(parser)
+    argv = ["--models", "softmax-ape,favor-ape", "--nb-features", "64,16", "--jobs", "1"]
+    argv += ["--out", str(out), "--preset", "quick", "--option", "redraw_interval=7"]
+    assert run_grid_command(parser.parse_args(argv)) == 0
+    calls = {(c.model, c.model_options.get("nb_features")): c for c in fake.calls}
+    assert {key: c.run_dir for key, c in calls.items()} == {
+        ("favor-ape", 16): out / "favor-ape" / "m16" / "seed42",
+        ("favor-ape", 64): out / "favor-ape" / "m64" / "seed42",
+        ("softmax-ape", None): out / "softmax-ape" / "seed42",
+    }
+    assert calls[("favor-ape", 16)].model_options == {"nb_features": 16, "redraw_interval": 7}
+    summary = json.loads((out / "grid_summary.json").read_text())
+    assert summary["nb_features"] == [16, 64] and summary["counts"] == {"finished": 3}
+    assert [r["nb_features"] for r in summary["runs"]] == [16, 64, None]
+
+    again = FakeTrain()  # finished runs of an ablation are recognised as such
+    monkeypatch.setattr(grid, "train", again)
+    assert run_grid_command(parser.parse_args(argv)) == 0 and again.calls == []
+    with pytest.raises(ConfigError, match="nb_features is set twice"):
+        options = {"nb_features": 8}
+        run_grid(
+            base_config(tmp_path, model_options=options), models=["favor-ape"], nb_features=[16]
+        )
+
+
+def test_init_from_a_grid_folder_starts_each_run_from_its_softmax_source(tmp_path, monkeypatch):
+    source, out = tmp_path / "softmax", tmp_path / "finetune"
+    monkeypatch.setattr(grid, "train", FakeTrain())
+    run_grid(
+        base_config(tmp_path), models=["softmax-ape", "softmax-rope"], seeds=[1, 2], out=source
+    )
+    fake = FakeTrain()
+    monkeypatch.setattr(grid, "train", fake)
+    tuned = base_config(tmp_path, init_from=str(source))
+    run_grid(tuned, models=["favor-rope", "relu-ape"], seeds=[1, 2], out=out)
+    assert {(c.model, c.seed): c.init_from for c in fake.calls} == {
+        (model, seed): str(source / f"softmax-{model.partition('-')[2]}" / f"seed{seed}")
+        for model in ("favor-rope", "relu-ape")
+        for seed in (1, 2)
+    }
+    with pytest.raises(ConfigError, match="without a finished softmax-rpe run for seed 1"):
+        run_grid(tuned, models=["favor-rpe"], seeds=[1], out=tmp_path / "other")
+    # a from-checkpoint run is not the result of a from-scratch request, nor the reverse
+    with pytest.raises(ConfigError, match="init_from"):
+        run_grid(base_config(tmp_path), models=["favor-rope"], seeds=[1], out=out)
+    single = base_config(tmp_path, init_from=str(source / "softmax-ape" / "seed1"))
+    monkeypatch.setattr(grid, "train", fake := FakeTrain())
+    run_grid(single, models=["favor-ape"], seeds=[3], out=tmp_path / "one")
+    assert fake.calls[0].init_from == str(source / "softmax-ape" / "seed1")

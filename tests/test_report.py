@@ -39,11 +39,24 @@ ACCURACY = {
 }
 
 
-def write_run(root: Path, model: str, seed: int, acc: float, dataset: str = "mnist") -> Path:
-    """A run folder as training leaves it: config.json, metrics.json, CSV logs."""
-    run = root / model / f"seed{seed}"
+def write_run(
+    root: Path,
+    model: str,
+    seed: int,
+    acc: float,
+    dataset: str = "mnist",
+    *,
+    epochs: int = 3,
+    options: dict | None = None,
+    **extra,
+) -> Path:
+    """A run folder as training leaves it: config.json, metrics.json (plus ``extra``), CSV logs;
+    ``<root>/<model>/m<m>/seed<seed>`` when ``options`` set nb_features, as the grid does."""
+    m = (options or {}).get("nb_features")
+    run = root / model / (f"m{m}" if m else "") / f"seed{seed}"
     (run / "logs" / "csv" / "version_0").mkdir(parents=True)
-    config = {"model": model, "seed": seed, "dataset": dataset, "dim": 64, "epochs": 3}
+    config = {"model": model, "seed": seed, "dataset": dataset, "dim": 64, "epochs": epochs}
+    config["model_options"] = options or {}
     (run / "config.json").write_text(json.dumps(config))
     metrics = {
         "model": model,
@@ -63,6 +76,8 @@ def write_run(root: Path, model: str, seed: int, acc: float, dataset: str = "mni
         "inference_ms_per_sample": 0.1 + 0.01 * len(model),
         "peak_memory_mb": 500.0,
         "config": config,
+        "epochs": epochs,
+        **extra,
     }
     (run / "metrics.json").write_text(json.dumps(metrics))
     lines = ["epoch,step,train/loss_step,val/acc,val/loss"]
@@ -183,3 +198,84 @@ def test_attention_weights_reproduce_the_attention_output(name):
     assert torch.allclose(rebuilt, attn(x, grid), atol=1e-10)
     cls_map = cls_attention_map(model, torch.randn(1, 12, 12, dtype=torch.float64))
     assert cls_map.shape == (2, 3, 3) and bool((cls_map >= 0).all())
+
+
+def test_ablation_from_checkpoint_and_resolution_sections(tmp_path):
+    scratch, tuned, ablation = tmp_path / "scratch", tmp_path / "tuned", tmp_path / "ablation"
+    write_run(scratch, "softmax-ape", 0, 0.98)
+    write_run(scratch, "favor-ape", 0, 0.90)
+    source = {"model": "softmax-ape", "epochs": 2, "path": "x/best.ckpt", "transferred": 10}
+    write_run(tuned, "favor-ape", 0, 0.95, epochs=1, init_from=source)
+    write_run(tuned, "favor-rope", 0, 0.93, epochs=2, init_from={**source, "model": "softmax-rope"})
+    for m, acc in ((16, 0.80), (32, 0.85), (64, 0.88)):
+        cost = {"train_seconds_per_epoch": m / 8, "peak_memory_mb": 100.0 + m, "nb_features": m}
+        write_run(ablation, "favor-ape", 0, acc, options={"nb_features": m}, **cost)
+    seed1 = {"train_seconds_per_epoch": 2.0, "nb_features": 16}
+    write_run(ablation, "favor-ape", 1, 0.82, options={"nb_features": 16}, **seed1)
+    for model, accs in (("softmax-ape", (0.98, 0.60)), ("favor-ape", (0.90, 0.70))):
+        results = [
+            {"image_size": size, "test_accuracy": acc}
+            for size, acc in zip((28, 42), accs, strict=True)
+        ]
+        evaluation = {"resolution_transfer": {"resize_mode": "pad", "results": results}}
+        evaluation["resolution_transfer"]["trained_image_size"] = [28, 28]
+        (scratch / model / "seed0" / "evaluation.json").write_text(json.dumps(evaluation))
+
+    summary = build_report([scratch, tuned, ablation], tmp_path / "report")
+    variants = [row["variant"] for row in summary["rows"]]
+    assert variants == [
+        "softmax-ape",
+        "favor-ape",
+        "favor-ape m=16",
+        "favor-ape m=32",
+        "favor-ape m=64",
+        "favor-ape from softmax-ape",
+        "favor-rope from softmax-rope",
+    ]
+    rows = {row["variant"]: row for row in summary["rows"]}
+    assert rows["favor-ape m=16"]["test_accuracy_mean"] == pytest.approx(0.81)
+    assert rows["favor-ape m=16"]["runs"] == 2
+    assert rows["favor-ape"]["gap_to_softmax"] == pytest.approx(-0.08)
+    assert rows["favor-ape from softmax-ape"]["gap_closed"] is None  # only plain variants
+
+    ablation_rows = summary["feature_ablation"]
+    assert [(r["nb_features"], r["train_seconds_per_epoch_mean"]) for r in ablation_rows] == [
+        (16, 2.0),
+        (32, 4.0),
+        (64, 8.0),
+    ]
+    comparison = {r["variant"]: r for r in summary["init_comparison"]}
+    ape = comparison["favor-ape from softmax-ape"]
+    assert (ape["scratch_epochs"], ape["source_epochs"], ape["finetune_epochs"]) == (3, 2, 1)
+    assert ape["total_epochs"] == 3 and ape["equal_epochs"] is True
+    assert ape["difference"] == pytest.approx(0.05)
+    rope = comparison["favor-rope from softmax-rope"]
+    assert rope["scratch_accuracy"] is None and rope["difference"] is None  # no scratch run
+    transfer = summary["resolution_transfer"]
+    assert transfer["accuracy"] == {
+        "softmax-ape": {28: 0.98, 42: 0.60},
+        "favor-ape": {28: 0.90, 42: 0.70},
+    }
+    assert transfer["trained_image_sizes"] == [28]
+
+    text = (tmp_path / "report" / "results.md").read_text()
+    assert "| favor-ape | 16 | 2 | 81.00 ± 1.41 | 2.0 ± 0.0 |" in text
+    assert "| favor-ape | 3 | 90.00 | softmax-ape | 2 + 1 = 3 | 95.00 | +5.00 |" in text
+    assert "| softmax-ape | 98.00 | 60.00 |" in text and "| 28 px (trained) | 42 px |" in text
+    assert "runs differ" not in text  # m and fine-tuning epochs tell variants apart
+    for name in ("feature_ablation.png", "resolution_transfer.png"):
+        assert (tmp_path / "report" / name).read_bytes()[:4] == b"\x89PNG"
+    with (tmp_path / "report" / "results.csv").open() as f:
+        csv_rows = {r["variant"]: r for r in csv.DictReader(f)}
+    assert csv_rows["favor-ape m=32"]["nb_features"] == "32"
+    assert csv_rows["favor-ape from softmax-ape"]["source_epochs"] == "2"
+
+
+def test_unequal_budgets_are_flagged(tmp_path):
+    write_run(tmp_path, "favor-ape", 0, 0.90, epochs=3)
+    source = {"model": "softmax-ape", "epochs": 5}
+    write_run(tmp_path / "tuned", "favor-ape", 0, 0.95, epochs=1, init_from=source)
+    summary = build_report(tmp_path, tmp_path / "report")
+    (row,) = summary["init_comparison"]
+    assert row["total_epochs"] == 6 and row["equal_epochs"] is False
+    assert "5 + 1 = 6 (budgets differ)" in (tmp_path / "report" / "results.md").read_text()

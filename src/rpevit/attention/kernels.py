@@ -36,6 +36,11 @@ def random_feature_count(head_dim: int, nb_features: int | None) -> int:
 class AttentionKernel(nn.Module):
     """Base class; subclasses implement ``forward(q, k, v, relative_logits, grid)``."""
 
+    @property
+    def feature_count(self) -> int | None:
+        """Features per head ``m`` of the kernel's feature map (None: no feature map)."""
+        return None
+
     def forward(
         self, q: Tensor, k: Tensor, v: Tensor, relative_logits: Tensor | None, grid: TokenGrid
     ) -> Tensor:
@@ -106,6 +111,10 @@ class FavorKernel(LinearKernel):
         generator = torch.Generator().manual_seed(int(self.feature_seed) * 1_000_003 + index)
         return orthogonal_gaussian_projection(self.nb_features, self.head_dim, generator=generator)
 
+    @property
+    def feature_count(self) -> int:
+        return self.nb_features
+
     def redraw(self, index: int) -> None:
         """Replace the projection by draw number ``index`` (off the hot path: every N steps)."""
         self.projection.copy_(self._draw(index))
@@ -134,6 +143,7 @@ class ReluKernel(LinearKernel):
         rpe_method: str = "auto",
     ) -> None:
         super().__init__(rpe_method)
+        self.head_dim = head_dim
         if feature_projection not in ("identity", "learned"):
             raise ValueError(
                 f"unknown feature_projection {feature_projection!r}; choose identity or learned"
@@ -147,6 +157,10 @@ class ReluKernel(LinearKernel):
             )
         else:
             self.feature_proj = None
+
+    @property
+    def feature_count(self) -> int:
+        return self.head_dim if self.feature_proj is None else self.feature_proj.out_features
 
     def features(self, x: Tensor, is_query: bool) -> Tensor:
         weight = None if self.feature_proj is None else self.feature_proj.weight
@@ -176,6 +190,10 @@ class LearnableKernel(LinearKernel):
         super().__init__(rpe_method)
         nb_features = random_feature_count(head_dim, nb_features)
         self.feature_weight = nn.Parameter(orthogonal_gaussian_projection(nb_features, head_dim))
+
+    @property
+    def feature_count(self) -> int:
+        return self.feature_weight.shape[0]
 
     def features(self, x: Tensor, is_query: bool) -> Tensor:
         return favor_features(x, self.feature_weight, is_query=is_query)

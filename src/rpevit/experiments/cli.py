@@ -1,8 +1,8 @@
 """Arguments and handler of the ``rpevit grid`` sub-command.
 
 Every ``rpevit train`` option is accepted and passed to each run, except those the grid sets
-per run itself (``--model``, ``--seed``, ``--run-name``, ``--resume``) and ``--out``, which
-here names the grid folder.
+per run itself (``--model``, ``--seed``, ``--run-name``, ``--resume``), ``--out``, which
+here names the grid folder, and ``--nb-features``, which here takes a list (an ablation).
 """
 
 from __future__ import annotations
@@ -12,12 +12,18 @@ import sys
 from typing import Any
 
 from rpevit.errors import ConfigError, TrainingInterrupted
-from rpevit.experiments.grid import default_jobs, parse_shard, run_grid, run_grid_parallel
+from rpevit.experiments.grid import (
+    default_jobs,
+    parse_shard,
+    plan_grid,
+    run_grid,
+    run_grid_parallel,
+)
 from rpevit.registry import CORE_MODELS, list_available_models
 from rpevit.training.cli import add_train_arguments, config_from_args
 
 #: ``rpevit train`` options that the grid decides per run (or, for --out, redefines).
-GRID_OWNED = ("--model", "--seed", "--run-name", "--resume", "--out")
+GRID_OWNED = ("--model", "--seed", "--run-name", "--resume", "--out", "--nb-features")
 
 
 class _WithoutOptions:
@@ -36,16 +42,16 @@ class _WithoutOptions:
         return self._target.add_argument(*names, **kwargs)
 
 
-def _seeds(text: str) -> list[int]:
+def _integers(text: str) -> list[int]:
     try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
+        values = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated integers, got {text!r}"
         ) from None
-    if not seeds:
-        raise argparse.ArgumentTypeError("expected at least one seed")
-    return seeds
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
 
 
 def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,7 +64,15 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
         "comma-separated list, e.g. softmax-ape,favor-rpe",
     )
     g.add_argument(
-        "--seeds", type=_seeds, default=[42], help="comma-separated training seeds (default 42)"
+        "--seeds", type=_integers, default=[42], help="comma-separated training seeds (default 42)"
+    )
+    g.add_argument(
+        "--nb-features",
+        type=_integers,
+        default=[],
+        metavar="M[,M...]",
+        help="random-feature ablation: train each FAVOR+ / learnable model (ReLU with a learned "
+        "projection) once per feature count, e.g. 16,32,64,128; other models once",
     )
     g.add_argument(
         "--out",
@@ -90,10 +104,12 @@ def run_grid_command(args: argparse.Namespace) -> int:
         models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not models:
         raise ConfigError("--models is empty; pass 'all' or model names")
-    train_args = argparse.Namespace(**{**vars(args), "resume": None, "out": None})
+    train_args = argparse.Namespace(
+        **{**vars(args), "resume": None, "out": None, "nb_features": None}
+    )
     config = config_from_args(train_args)
     shard = parse_shard(args.shard) if args.shard else None
-    runs = len(set(models)) * len(set(args.seeds))
+    runs = len(plan_grid(models, args.seeds, args.nb_features, config.model_options))
     if args.jobs == "auto":
         jobs = 1 if shard else default_jobs(config, runs)
     elif args.jobs.isdigit() and int(args.jobs) >= 1:
@@ -106,10 +122,22 @@ def run_grid_command(args: argparse.Namespace) -> int:
     try:
         if jobs > 1:
             summary = run_grid_parallel(
-                config, jobs=jobs, models=models, seeds=args.seeds, out=args.out
+                config,
+                jobs=jobs,
+                models=models,
+                seeds=args.seeds,
+                out=args.out,
+                nb_features=args.nb_features,
             )
         else:
-            summary = run_grid(config, models=models, seeds=args.seeds, out=args.out, shard=shard)
+            summary = run_grid(
+                config,
+                models=models,
+                seeds=args.seeds,
+                out=args.out,
+                shard=shard,
+                nb_features=args.nb_features,
+            )
     except TrainingInterrupted as error:
         print(f"rpevit grid: {str(error).split(';')[0]}; {rerun}", file=sys.stderr)
         return 128 + error.signum

@@ -1,9 +1,15 @@
 """Train and evaluate a grid of model variants x seeds, resumably and shardably.
 
-A grid lives in one folder, one run folder per (model, seed)::
+A grid lives in one folder, one run folder per (model, seed) and, in a random-feature
+ablation (``nb_features=(16, 32, ...)``), per feature count m of the models that have one::
 
-    <out>/<model>/seed<seed>/    a training run (config.json, checkpoints/, logs/, metrics.json)
-    <out>/grid_summary.json      status of every run (grid_summary.shard-I-of-N.json per shard)
+    <out>/<model>/seed<seed>/        a training run (config.json, checkpoints/, logs/, metrics.json)
+    <out>/<model>/m<m>/seed<seed>/   the same with m features per head
+    <out>/grid_summary.json          status of every run (grid_summary.shard-I-of-N.json per shard)
+
+``init_from`` names one run or checkpoint for every run, or a grid folder of softmax runs: then
+run ``<kernel>-<position>`` with seed ``s`` starts from ``<init_from>/softmax-<position>/seed<s>``
+(train softmax first, then switch attention).
 
 Re-running the same command skips finished runs (valid ``metrics.json``), resumes interrupted
 ones from ``checkpoints/last.ckpt`` and starts the rest, so a crashed grid continues where it
@@ -42,24 +48,55 @@ from rpevit.training.config import RUN_IDENTITY
 from rpevit.training.run import CHECKPOINT_DIR, LAST
 
 #: Config fields that must agree between an existing run folder and the grid's config: the run
-#: identity plus the training length (a finished shorter run is not the requested result).
-GRID_IDENTITY = (*RUN_IDENTITY, "epochs", "max_steps")
+#: identity, the training length and the initial weights (a finished shorter run, or one
+#: trained from scratch, is not the requested result).
+GRID_IDENTITY = (*RUN_IDENTITY, "epochs", "max_steps", "init_from")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class GridRun:
-    """One cell of the grid: a model variant trained with one seed."""
+    """One cell of the grid: a model variant trained with one seed (and, in a random-feature
+    ablation, ``nb_features`` features per head; None: the model's default)."""
 
     model: str
     seed: int
+    nb_features: int | None = None
+
+    @property
+    def folder(self) -> Path:
+        """``<model>`` or ``<model>/m<m>``: where the run's seeds live below the grid folder."""
+        return Path(self.model) / (f"m{self.nb_features}" if self.nb_features else "")
 
     @property
     def name(self) -> str:
-        return f"{self.model}/seed{self.seed}"
+        return f"{self.folder.as_posix()}/seed{self.seed}"
+
+    def __lt__(self, other: GridRun) -> bool:
+        """Order by model, feature count (default first), seed."""
+        return (self.model, self.nb_features or 0, self.seed) < (
+            other.model,
+            other.nb_features or 0,
+            other.seed,
+        )
 
 
-def plan_grid(models: Sequence[str], seeds: Sequence[int]) -> list[GridRun]:
-    """Every (model, seed) pair, sorted, without duplicates; unknown models raise ConfigError."""
+def takes_feature_count(model: str, options: Mapping[str, Any]) -> bool:
+    """Whether ``model``'s kernel has a feature count to vary: FAVOR+, learnable, and ReLU with
+    a learned projection (identity ReLU has m = head_dim, EXP m = d; softmax, Linformer none)."""
+    kernel, _ = parse_model_name(model)
+    if kernel == "relu":
+        return options.get("feature_projection") == "learned"
+    return "nb_features" in KERNELS[kernel][1]
+
+
+def plan_grid(
+    models: Sequence[str],
+    seeds: Sequence[int],
+    nb_features: Sequence[int] = (),
+    options: Mapping[str, Any] | None = None,
+) -> list[GridRun]:
+    """Every (model, seed) pair, and for models with a feature count every m of
+    ``nb_features``, sorted, without duplicates; unknown models raise ConfigError."""
     available = list_available_models()
     unknown = [m for m in models if m not in available]
     if unknown:
@@ -68,7 +105,22 @@ def plan_grid(models: Sequence[str], seeds: Sequence[int]) -> list[GridRun]:
         )
     if not models or not seeds:
         raise ConfigError("a grid needs at least one model and one seed")
-    return sorted({GridRun(m, int(s)) for m in models for s in seeds})
+    bad = [m for m in nb_features if m < 1]
+    if bad:
+        raise ConfigError(f"feature counts must be >= 1, got {', '.join(map(str, bad))}")
+    options = options or {}
+    if nb_features and not any(takes_feature_count(m, options) for m in models):
+        raise ConfigError(
+            "--nb-features applies to none of the models; a feature-count ablation needs "
+            "favor-*, learnable-* or relu-* with --option feature_projection=learned"
+        )
+    runs = {
+        GridRun(model, int(seed), m)
+        for model in models
+        for seed in seeds
+        for m in (nb_features if nb_features and takes_feature_count(model, options) else [None])
+    }
+    return sorted(runs)
 
 
 def shard_runs(runs: Sequence[GridRun], index: int, count: int) -> list[GridRun]:
@@ -91,8 +143,29 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def run_folder(out: Path, run: GridRun) -> Path:
-    """``<out>/<model>/seed<seed>``."""
-    return out / run.model / f"seed{run.seed}"
+    """``<out>/<model>/seed<seed>`` (``<out>/<model>/m<m>/seed<seed>`` in an ablation)."""
+    return out / run.folder / f"seed{run.seed}"
+
+
+def is_grid_folder(path: str | Path) -> bool:
+    """A grid's folder (has a grid summary) rather than one run or checkpoint."""
+    return Path(path).is_dir() and any(Path(path).glob("grid_summary*.json"))
+
+
+def init_source(init_from: str | None, run: GridRun) -> str | None:
+    """Where ``run`` takes its initial weights: ``init_from`` itself, or for a grid folder its
+    softmax run with the same position encoding and seed."""
+    if not init_from or not is_grid_folder(init_from):
+        return init_from
+    _, position = parse_model_name(run.model)
+    source = Path(init_from) / f"softmax-{position}" / f"seed{run.seed}"
+    if read_metrics(source) is None:
+        raise ConfigError(
+            f"--init-from {init_from} is a grid folder without a finished softmax-{position} "
+            f"run for seed {run.seed} (looked for {source}); train it first, e.g. `rpevit grid "
+            f"--models softmax-{position} --seeds {run.seed} --out {init_from}`"
+        )
+    return str(source)
 
 
 def options_for(model: str, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -104,16 +177,20 @@ def options_for(model: str, options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def run_config(base: TrainConfig, run: GridRun, out: Path) -> TrainConfig:
-    """The training config of one run: ``base`` with the run's model, seed, folder and the
-    model options that apply to it."""
+    """The training config of one run: ``base`` with the run's model, seed, folder, initial
+    weights, feature count and the model options that apply to it."""
+    options = options_for(run.model, base.model_options)
+    if run.nb_features:
+        options["nb_features"] = run.nb_features
     return dataclasses.replace(
         base,
         model=run.model,
         seed=run.seed,
-        out=str(out / run.model),
+        out=str(out / run.folder),
         run_name=f"seed{run.seed}",
         resume=None,
-        model_options=options_for(run.model, base.model_options),
+        init_from=init_source(base.init_from, run),
+        model_options=options,
     )
 
 
@@ -184,8 +261,10 @@ def run_grid(
     seeds: Sequence[int] = (42,),
     out: str | Path | None = None,
     shard: tuple[int, int] | None = None,
+    nb_features: Sequence[int] = (),
 ) -> dict[str, Any]:
-    """Train and evaluate every ``models`` x ``seeds`` run (default: the 12 core variants, seed 42).
+    """Train and evaluate every ``models`` x ``seeds`` run (default: the 12 core variants, seed 42),
+    and with ``nb_features`` every feature count for the models that have one (an ablation).
 
     ``config`` holds everything else (data set, preset, sizes, epochs, ...); its ``model``,
     ``seed``, ``run_name`` and ``resume`` are set per run, and ``overwrite=True`` retrains
@@ -197,7 +276,11 @@ def run_grid(
     base = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     models = list(models) if models else list(CORE_MODELS)
     out = Path(out) if out is not None else Path("runs") / f"grid-{base.dataset}-{base.preset}"
-    runs = plan_grid(models, seeds)
+    if nb_features and "nb_features" in base.model_options:
+        raise ConfigError(
+            "nb_features is set twice (a grid list and a model option); use the grid list"
+        )
+    runs = plan_grid(models, seeds, nb_features, base.model_options)
     unused = set(base.model_options).difference(
         *(options_for(m, base.model_options) for m in models)
     )
@@ -221,6 +304,7 @@ def run_grid(
         run: {
             "model": run.model,
             "seed": run.seed,
+            "nb_features": run.nb_features,
             "run_dir": str(run_folder(out, run)),
             "selected": run in configs,
             "status": run_state(run_folder(out, run), run),
@@ -233,6 +317,7 @@ def run_grid(
         "out": str(out),
         "models": sorted(set(models)),
         "seeds": sorted({int(s) for s in seeds}),
+        "nb_features": sorted({int(m) for m in nb_features}),
         "shard": list(shard) if shard else None,
         "started": _now(),
         "base_config": {
@@ -255,7 +340,7 @@ def run_grid(
     trained_seconds: list[float] = []
     for k, run in enumerate(selected, 1):
         cfg, record = configs[run], records[run]
-        head = f"[{k}/{len(selected)}] {run.model} seed {run.seed}"
+        head = f"[{k}/{len(selected)}] {run.name}"
         state = "pending" if cfg.overwrite else run_state(cfg.run_dir, run)
         if state == "finished":
             metrics = read_metrics(cfg.run_dir, run) or {}
@@ -339,8 +424,10 @@ def default_jobs(config: TrainConfig, runs: int) -> int:
     return max(1, min(os.cpu_count() or 1, runs))
 
 
-def _run_shard(config: TrainConfig, models, seeds, out, shard) -> dict[str, Any]:
-    return run_grid(config, models=models, seeds=seeds, out=out, shard=shard)
+def _run_shard(config: TrainConfig, models, seeds, out, shard, nb_features) -> dict[str, Any]:
+    return run_grid(
+        config, models=models, seeds=seeds, out=out, shard=shard, nb_features=nb_features
+    )
 
 
 def run_grid_parallel(
@@ -350,6 +437,7 @@ def run_grid_parallel(
     models: Sequence[str] | None = None,
     seeds: Sequence[int] = (42,),
     out: str | Path | None = None,
+    nb_features: Sequence[int] = (),
 ) -> dict[str, Any]:
     """:func:`run_grid` split into ``jobs`` shards run by parallel worker processes, each with
     ``cpu_count // jobs`` threads unless ``config.threads`` is set. Returns the merged summary
@@ -361,12 +449,13 @@ def run_grid_parallel(
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         futures = [
-            pool.submit(_run_shard, base, models, seeds, out, (i, jobs)) for i in range(1, jobs + 1)
+            pool.submit(_run_shard, base, models, seeds, out, (i, jobs), nb_features)
+            for i in range(1, jobs + 1)
         ]
         shards = [future.result() for future in futures]
     runs = sorted(
         (r for s in shards for r in s["runs"] if r["selected"]),
-        key=lambda r: (r["model"], r["seed"]),
+        key=lambda r: (r["model"], r["nb_features"] or 0, r["seed"]),
     )
     counts: dict[str, int] = {}
     for record in runs:

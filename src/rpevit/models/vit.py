@@ -134,6 +134,11 @@ class VisionTransformer(nn.Module):
         if self.cls_token is not None:
             nn.init.trunc_normal_(self.cls_token, std=0.02)
 
+    @property
+    def feature_count(self) -> int | None:
+        """Features per head ``m`` of the attention kernel (None: softmax, Linformer, EXP)."""
+        return self.blocks[0].attn.kernel.feature_count
+
     def token_grid(self, height: int, width: int) -> TokenGrid:
         """Grid of an input image of ``height x width`` pixels (checked against the patch size)."""
         p = self.config.patch_size

@@ -12,12 +12,27 @@ import numpy as np
 from rpevit.atomic import atomic_write
 from rpevit.data import load_dataset
 from rpevit.data.augment import normalize
-from rpevit.errors import RpevitError
+from rpevit.errors import ConfigError, RpevitError
 from rpevit.metrics import write_json_atomic
 from rpevit.report.attention import cls_attention_map
-from rpevit.report.plots import plot_attention_maps, plot_curves, plot_heatmap, plot_tradeoff
+from rpevit.report.plots import (
+    plot_attention_maps,
+    plot_curves,
+    plot_feature_ablation,
+    plot_heatmap,
+    plot_resolution,
+    plot_tradeoff,
+)
 from rpevit.report.runs import Run, load_runs
-from rpevit.report.tables import gap_closed_table, markdown, summarise, write_csv
+from rpevit.report.tables import (
+    ablation_rows,
+    gap_closed_table,
+    init_comparison,
+    markdown,
+    summarise,
+    transfer_table,
+    write_csv,
+)
 from rpevit.training.module import ImageClassifier
 from rpevit.training.run import find_checkpoint, load_checkpoint
 
@@ -43,12 +58,12 @@ def _test_image(run: Run, data_dir: str | Path | None, index: int) -> tuple[Any,
 def attention_maps(
     runs: Sequence[Run], image: Any
 ) -> tuple[dict[str, np.ndarray | str], list[str]]:
-    """Per model (its lowest-seed run's best checkpoint): the last layer's CLS attention map,
-    mean over heads, or a short note why there is none; plus notes for the report."""
+    """Per model trained plainly (its lowest-seed run's best checkpoint): the last layer's CLS
+    attention map, mean over heads, or a short note why there is none; plus report notes."""
     maps: dict[str, np.ndarray | str] = {}
     notes = []
     for run in runs:
-        if run.model in maps:
+        if run.model in maps or run.variant != run.model:
             continue
         try:
             checkpoint = load_checkpoint(find_checkpoint(run.path))
@@ -62,30 +77,42 @@ def attention_maps(
 
 
 def build_report(
-    runs_dir: str | Path,
+    runs_dir: str | Path | Sequence[str | Path],
     out_dir: str | Path | None = None,
     *,
     data_dir: str | Path | None = None,
     image_index: int = 0,
 ) -> dict[str, Any]:
     """Write ``results.md``, ``results.csv``, ``report.json`` and the PNG figures for the runs
-    below ``runs_dir`` into ``out_dir`` (default ``<runs_dir>/report``); return the summary.
+    below ``runs_dir`` (one folder or several) into ``out_dir`` (default
+    ``<first runs_dir>/report``); return the summary.
 
+    Where the runs hold them, the report adds the random-feature ablation (variants of a model
+    with several feature counts), from-scratch vs from-checkpoint (runs made with
+    ``--init-from``) and resolution transfer (runs evaluated with ``--image-size``).
     ``data_dir`` (default: the runs' own) and ``image_index`` select the test image whose
     attention maps are drawn; without the data the attention figure is skipped with a note.
     """
-    runs_dir = Path(runs_dir)
-    out = Path(out_dir) if out_dir is not None else runs_dir / "report"
-    runs, notes = load_runs(runs_dir)
+    runs_dirs = [Path(runs_dir)] if isinstance(runs_dir, str | Path) else list(map(Path, runs_dir))
+    if not runs_dirs:
+        raise ConfigError("no runs folder given")
+    out = Path(out_dir) if out_dir is not None else runs_dirs[0] / "report"
+    runs, notes = load_runs(*runs_dirs)
     out.mkdir(parents=True, exist_ok=True)
     rows = summarise(runs)
     dataset = runs[0].dataset
+    ablation = ablation_rows(rows)
+    transfer = transfer_table(runs)
 
     plots = [
         plot_curves(runs, out / "curves.png"),
         plot_tradeoff(rows, out / "tradeoff.png"),
         plot_heatmap(rows, out / "accuracy_heatmap.png"),
     ]
+    if ablation:
+        references = [r for r in rows if r["kernel"] == "softmax" and r["init_from"] is None]
+        plots.append(plot_feature_ablation(ablation, references, out / "feature_ablation.png"))
+    plots.append(plot_resolution(transfer, out / "resolution_transfer.png"))
     try:
         raw, image, label = _test_image(runs[0], data_dir, image_index)
     except (RpevitError, OSError, IndexError) as error:
@@ -106,16 +133,19 @@ def build_report(
     if not any(run.curves for run in runs):
         notes.append("no validation curves: no run has CSV logs with val/loss, val/acc")
 
-    title = f"Results: {dataset}, {len(runs)} runs of {len(rows)} models"
+    title = f"Results: {dataset}, {len(runs)} runs of {len(rows)} variants"
     with atomic_write(out / "results.md", "w") as f:
-        f.write(markdown(rows, title, notes, [str(p) for p in plots]))
+        f.write(markdown(rows, title, notes, [str(p) for p in plots], transfer=transfer))
     write_csv(rows, out / "results.csv")
     summary = {
-        "runs_dir": str(runs_dir),
+        "runs_dirs": [str(d) for d in runs_dirs],
         "dataset": dataset,
         "num_runs": len(runs),
         "rows": rows,
         "gap_closed": gap_closed_table(rows),
+        "feature_ablation": ablation,
+        "init_comparison": init_comparison(rows),
+        "resolution_transfer": transfer,
         "notes": notes,
         "files": [str(out / "results.md"), str(out / "results.csv"), *map(str, plots)],
     }
@@ -125,8 +155,14 @@ def build_report(
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``rpevit report``."""
-    parser.add_argument("runs_dir", help="folder holding run folders (e.g. a grid's --out)")
-    parser.add_argument("--out", help="output folder (default: RUNS_DIR/report)")
+    parser.add_argument(
+        "runs_dirs",
+        nargs="+",
+        metavar="RUNS_DIR",
+        help="folder(s) holding run folders (e.g. a grid's --out; several to compare grids, "
+        "e.g. from scratch and from a checkpoint)",
+    )
+    parser.add_argument("--out", help="output folder (default: <first RUNS_DIR>/report)")
     parser.add_argument(
         "--data-dir", help="data folder for the attention-map image (default: the runs' own)"
     )
@@ -138,7 +174,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 def run_report_command(args: argparse.Namespace) -> int:
     """Handler of ``rpevit report``: build the report, print where it is and any notes."""
     summary = build_report(
-        args.runs_dir, args.out, data_dir=args.data_dir, image_index=args.image_index
+        args.runs_dirs, args.out, data_dir=args.data_dir, image_index=args.image_index
     )
     for note in summary["notes"]:
         print(f"note: {note}")

@@ -38,15 +38,21 @@ def kernels_and_positions(models: Sequence[str]) -> tuple[list[str], list[str]]:
     return kernels, positions
 
 
-def _style(model: str, models: Sequence[str]) -> dict[str, Any]:
+def _style(variant: str, models: Sequence[str]) -> dict[str, Any]:
+    """Colour by position, line style and marker by kernel; variants other than the plain model
+    (an explicit m, or initialised from a checkpoint) are drawn lighter with an ``x``."""
+    model = variant.split(" ")[0]
     kernels, positions = kernels_and_positions(models)
     kernel, _, position = model.partition("-")
     k, p = kernels.index(kernel), positions.index(position)
-    return {
+    style = {
         "color": f"C{p % 10}",
         "linestyle": LINE_STYLES[k % len(LINE_STYLES)],
         "marker": MARKERS[k % len(MARKERS)],
     }
+    if variant != model:
+        style.update(marker="x", alpha=0.7)
+    return style
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -62,10 +68,11 @@ def plot_curves(runs: Sequence[Run], path: Path) -> Path | None:
     by_model: dict[str, list[Run]] = {}
     for run in runs:
         if run.curves:
-            by_model.setdefault(run.model, []).append(run)
+            by_model.setdefault(run.variant, []).append(run)
     if not by_model:
         return None
-    models = model_order(by_model)
+    bases = [variant.split(" ")[0] for variant in by_model]
+    models = sorted(by_model, key=lambda v: (model_order(bases).index(v.split(" ")[0]), v))
     fig = Figure(figsize=(13, 5), layout="constrained")
     loss_ax, acc_ax = fig.subplots(1, 2)
     for model in models:
@@ -82,7 +89,7 @@ def plot_curves(runs: Sequence[Run], path: Path) -> Path | None:
             ]
             if points:
                 x, y = zip(*points, strict=True)
-                ax.plot(x, y, label=model, markersize=4, **_style(model, models))
+                ax.plot(x, y, label=model, markersize=4, **_style(model, bases))
     loss_ax.set(title="Validation loss", xlabel="epoch", ylabel="cross-entropy")
     acc_ax.set(title="Validation accuracy", xlabel="epoch", ylabel="accuracy (%)")
     for ax in (loss_ax, acc_ax):
@@ -108,7 +115,7 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
     fig = Figure(figsize=(9, 6), layout="constrained")
     ax = fig.subplots()
     for row in rows:
-        style = _style(row["model"], models)
+        style = _style(row["variant"], models)
         ax.errorbar(
             row["inference_ms_per_sample_mean"],
             100 * row["test_accuracy_mean"],
@@ -121,7 +128,7 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
             capsize=3,
         )
         ax.annotate(
-            row["model"],
+            row["variant"],
             (row["inference_ms_per_sample_mean"], 100 * row["test_accuracy_mean"]),
             xytext=(6, 4),
             textcoords="offset points",
@@ -150,7 +157,9 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
 
 
 def plot_heatmap(rows: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Test accuracy (%) as a kernel x position grid, annotated (mean ± std), n/a if missing."""
+    """Test accuracy (%) as a kernel x position grid, annotated (mean ± std), n/a if missing;
+    the plain variants only (default m, from scratch)."""
+    rows = [r for r in rows if r["variant"] == r["model"]]
     kernels, positions = kernels_and_positions([r["model"] for r in rows])
     by_model = {r["model"]: r for r in rows}
     values = np.full((len(kernels), len(positions)), np.nan)
@@ -229,4 +238,72 @@ def plot_attention_maps(
             )  # fmt: skip
             ax.set_title(f"{model} (max {entry.max():.2f})", fontsize=10)
     fig.suptitle(f"{title}\ncolour scale per panel; max = largest weight on one patch")
+    return _save(fig, path)
+
+
+def plot_feature_ablation(
+    ablation: Sequence[dict[str, Any]], references: Sequence[dict[str, Any]], path: Path
+) -> Path:
+    """Test accuracy, training time per epoch and peak memory against the feature count m
+    (log2 axis), one line per model; ``references`` (e.g. softmax rows) as dashed levels."""
+    panels = (
+        ("test_accuracy", 100.0, "test accuracy (%)"),
+        ("train_seconds_per_epoch", 1.0, "training time per epoch (s)"),
+        ("peak_memory_mb", 1.0, "peak memory (MiB)"),
+    )
+    models = [r["model"] for r in (*ablation, *references)]
+    fig = Figure(figsize=(15, 4.5), layout="constrained")
+    axes = fig.subplots(1, len(panels))
+    for ax, (key, scale, label) in zip(axes, panels, strict=True):
+        for model in dict.fromkeys(r["model"] for r in ablation):
+            points = [
+                (r["nb_features"], scale * r[f"{key}_mean"], r[f"{key}_std"])
+                for r in ablation
+                if r["model"] == model and r[f"{key}_mean"] is not None
+            ]
+            if not points:
+                continue
+            m, y, std = zip(*points, strict=True)
+            err = None if any(e is None for e in std) else [scale * e for e in std]
+            ax.errorbar(m, y, yerr=err, label=model, capsize=3, **_style(model, models))
+        for row in references:
+            if row[f"{key}_mean"] is not None:
+                ax.axhline(
+                    scale * row[f"{key}_mean"],
+                    color=_style(row["model"], models)["color"],
+                    linestyle=(0, (4, 3)),
+                    linewidth=1,
+                    label=f"{row['variant']} (reference)",
+                )
+        ax.set_xscale("log", base=2)
+        ax.set(xlabel="features per head m", ylabel=label)
+        ax.grid(alpha=0.3)
+    axes[-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
+    fig.suptitle("Random-feature ablation (mean over seeds; error bars: std)")
+    return _save(fig, path)
+
+
+def plot_resolution(transfer: dict[str, Any], path: Path) -> Path | None:
+    """Test accuracy against evaluation image size, one line per variant, the trained size
+    marked; None if no run was evaluated at other sizes."""
+    accuracy = transfer["accuracy"]
+    if not accuracy:
+        return None
+    variants = transfer["variants"]
+    models = [variant.split(" ")[0] for variant in variants.values()]
+    fig = Figure(figsize=(9, 5.5), layout="constrained")
+    ax = fig.subplots()
+    for label, points in accuracy.items():
+        sizes = sorted(points)
+        style = _style(variants[label], models)
+        ax.plot(sizes, [100 * points[s] for s in sizes], label=label, **style)
+    for size in transfer["trained_image_sizes"]:
+        ax.axvline(size, color="grey", linewidth=1, linestyle=":")
+    ax.set(
+        title=f"Resolution transfer ({', '.join(transfer['resize_modes'])}; dotted: trained size)",
+        xlabel="evaluation image size (px)",
+        ylabel="test accuracy (%)",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
     return _save(fig, path)

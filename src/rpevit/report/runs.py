@@ -1,8 +1,14 @@
 """Finding finished runs under a folder and reading what they recorded.
 
 A run folder is any folder holding a valid ``metrics.json`` (written by ``rpevit train`` /
-``rpevit grid``); next to it ``config.json`` and Lightning's CSV logs, one
-``logs/csv/version_<k>/metrics.csv`` per start of training (0: first, 1: first resume, ...).
+``rpevit grid``); next to it ``config.json``, Lightning's CSV logs, one
+``logs/csv/version_<k>/metrics.csv`` per start of training (0: first, 1: first resume, ...),
+and, once ``rpevit evaluate RUN --image-size ...`` ran, ``evaluation.json`` with the
+resolution-transfer results.
+
+Runs of one model are told apart by their *variant*: the model name, plus ``m=<m>`` when the
+feature count was set explicitly (a random-feature ablation) and ``from <model>`` when the
+weights were initialised from another run (``--init-from``).
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ class Run:
     metrics: dict[str, Any]
     config: dict[str, Any]
     curves: dict[int, dict[str, float]] = field(default_factory=dict)
+    #: ``resolution_transfer`` record of the run's ``evaluation.json`` (None: not evaluated)
+    transfer: dict[str, Any] | None = None
 
     @property
     def model(self) -> str:
@@ -38,6 +46,38 @@ class Run:
     @property
     def dataset(self) -> str:
         return str(self.metrics.get("dataset") or self.config.get("dataset"))
+
+    @property
+    def explicit_nb_features(self) -> int | None:
+        """The feature count set in the run's options (None: the kernel's default)."""
+        return (self.config.get("model_options") or {}).get("nb_features")
+
+    @property
+    def nb_features(self) -> int | None:
+        """Features per head the kernel used (recorded at evaluation; else the option)."""
+        return self.metrics.get("nb_features") or self.explicit_nb_features
+
+    @property
+    def source(self) -> dict[str, Any] | None:
+        """What the weights were initialised from (``--init-from``): model, path, epochs."""
+        source = self.metrics.get("init_from")
+        return source if isinstance(source, dict) else None
+
+    @property
+    def epochs(self) -> int | None:
+        """Epochs this run trained (not counting those of an ``--init-from`` source)."""
+        return self.metrics.get("epochs") or self.config.get("epochs")
+
+    @property
+    def variant(self) -> str:
+        """The model name, ``+ " m=<m>"`` for an explicit feature count, ``+ " from <model>"``
+        when initialised from another run."""
+        label = self.model
+        if self.explicit_nb_features:
+            label += f" m={self.explicit_nb_features}"
+        if self.source:
+            label += f" from {self.source.get('model')}"
+        return label
 
 
 def _csv_logs(run_dir: Path) -> list[Path]:
@@ -85,50 +125,77 @@ def _read_config(run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
     return config if isinstance(config, dict) else dict(metrics.get("config") or {})
 
 
-def load_runs(runs_dir: str | Path) -> tuple[list[Run], list[str]]:
-    """Every finished run below ``runs_dir`` (sorted by model, seed) and notes on what was
+def read_transfer(run_dir: Path) -> dict[str, Any] | None:
+    """The ``resolution_transfer`` record of ``<run_dir>/evaluation.json``, if there is one."""
+    try:
+        evaluation = json.loads((run_dir / "evaluation.json").read_text())
+    except (OSError, ValueError):
+        return None
+    transfer = evaluation.get("resolution_transfer") if isinstance(evaluation, dict) else None
+    return transfer if isinstance(transfer, dict) and transfer.get("results") else None
+
+
+def load_runs(*runs_dirs: str | Path) -> tuple[list[Run], list[str]]:
+    """Every finished run below the ``runs_dirs`` (sorted by model, seed) and notes on what was
     left out or looks inconsistent. Runs of several data sets raise ConfigError."""
-    runs_dir = Path(runs_dir)
-    if not runs_dir.is_dir():
-        raise ConfigError(f"runs folder {runs_dir} does not exist")
-    runs, notes = [], []
-    for metrics_file in sorted(runs_dir.rglob("metrics.json")):
-        run_dir = metrics_file.parent
-        metrics = read_metrics(run_dir)
-        if metrics is None:
-            notes.append(f"{run_dir}: metrics.json is incomplete or invalid, left out")
-            continue
-        runs.append(Run(run_dir, metrics, _read_config(run_dir, metrics), read_curves(run_dir)))
-    for config_file in sorted(runs_dir.rglob("config.json")):
-        if not (config_file.parent / "metrics.json").is_file():
-            notes.append(f"{config_file.parent}: unfinished run (no metrics.json), left out")
+    if not runs_dirs:
+        raise ConfigError("no runs folder given")
+    runs, notes, seen = [], [], set()
+    for runs_dir in map(Path, runs_dirs):
+        if not runs_dir.is_dir():
+            raise ConfigError(f"runs folder {runs_dir} does not exist")
+        for metrics_file in sorted(runs_dir.rglob("metrics.json")):
+            run_dir = metrics_file.parent
+            if run_dir.resolve() in seen:
+                continue
+            seen.add(run_dir.resolve())
+            metrics = read_metrics(run_dir)
+            if metrics is None:
+                notes.append(f"{run_dir}: metrics.json is incomplete or invalid, left out")
+                continue
+            config = _read_config(run_dir, metrics)
+            curves = read_curves(run_dir)
+            runs.append(Run(run_dir, metrics, config, curves, read_transfer(run_dir)))
+        for config_file in sorted(runs_dir.rglob("config.json")):
+            if not (config_file.parent / "metrics.json").is_file():
+                notes.append(f"{config_file.parent}: unfinished run (no metrics.json), left out")
     if not runs:
-        raise ConfigError(f"no finished runs (folders with a valid metrics.json) in {runs_dir}")
+        where = ", ".join(map(str, runs_dirs))
+        raise ConfigError(f"no finished runs (folders with a valid metrics.json) in {where}")
     datasets = sorted({run.dataset for run in runs})
     if len(datasets) > 1:
         raise ConfigError(
-            f"{runs_dir} holds runs on several data sets ({', '.join(datasets)}); "
-            "report one data set's folder at a time"
+            f"the runs hold several data sets ({', '.join(datasets)}); "
+            "report one data set's folders at a time"
         )
-    runs.sort(key=lambda r: (r.model, r.seed if r.seed is not None else -1, str(r.path)))
+    runs.sort(key=lambda r: (r.variant, r.seed if r.seed is not None else -1, str(r.path)))
     notes += _consistency_notes(runs)
     return runs, notes
 
 
 def _consistency_notes(runs: list[Run]) -> list[str]:
     """Notes on settings that differ between runs (they would be averaged or compared as if
-    equal) and on models with a seed run more than once."""
+    equal) and on variants with a seed run more than once. What tells variants apart (feature
+    count, initial weights, and the epochs of runs that continue another) is no difference."""
+
+    def setting(run: Run, key: str) -> Any:
+        value = run.config.get(key)
+        if key == "model_options" and isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k != "nb_features"}
+        return value
+
     notes = []
     for key in GRID_IDENTITY:
-        if key in ("model", "seed"):
+        if key in ("model", "seed", "init_from"):
             continue
-        values = {json.dumps(run.config.get(key), sort_keys=True) for run in runs}
+        compared = [run for run in runs if key != "epochs" or not run.source]
+        values = {json.dumps(setting(run, key), sort_keys=True) for run in compared}
         if len(values) > 1:
             notes.append(f"runs differ in {key}: {', '.join(sorted(values))}")
     seen: dict[tuple[str, Any], int] = {}
     for run in runs:
-        seen[(run.model, run.seed)] = seen.get((run.model, run.seed), 0) + 1
-    for (model, seed), count in seen.items():
+        seen[(run.variant, run.seed)] = seen.get((run.variant, run.seed), 0) + 1
+    for (variant, seed), count in seen.items():
         if count > 1:
-            notes.append(f"{model} has {count} runs with seed {seed}; all are averaged")
+            notes.append(f"{variant} has {count} runs with seed {seed}; all are averaged")
     return notes

@@ -1,11 +1,14 @@
-"""Per-model result rows (mean and sample std over seeds), gaps to softmax, "gap closed", and
+"""Per-variant result rows (mean and sample std over seeds), gaps to softmax, "gap closed",
+the random-feature ablation, from-scratch vs from-checkpoint and resolution-transfer tables, and
 their Markdown / CSV renderings.
 
 Gap to softmax: ``acc(kernel-X) - acc(softmax-X)`` (mean test accuracies, same position X).
 Gap closed, for a Performer kernel K and X in rpe/string/rope:
 ``(acc(K-X) - acc(K-ape)) / (acc(softmax-ape) - acc(K-ape))``, a ratio of mean accuracies:
 1 means X lifts K as far as exact softmax attention with APE, 0 means no gain. It is
-undefined ("n/a") when a model is missing or the denominator is below :data:`GAP_EPS`.
+undefined ("n/a") when a model is missing or the denominator is below :data:`GAP_EPS`. Both
+are taken between variants trained from scratch with default feature counts (the plain model
+names); ablation and from-checkpoint variants are compared in their own tables.
 """
 
 from __future__ import annotations
@@ -106,6 +109,12 @@ def model_order(models: Iterable[str]) -> list[str]:
     return [m for m in known if m in models] + sorted(models - set(known))
 
 
+def _single(values: Iterable[Any]) -> Any:
+    """The one value all runs of a variant share, or None if they differ or have none."""
+    distinct = {v for v in values if v is not None}
+    return distinct.pop() if len(distinct) == 1 else None
+
+
 def gap_closed(acc: dict[str, float | None], kernel: str, position: str) -> float | None:
     """``(acc[K-X] - acc[K-ape]) / (acc[softmax-ape] - acc[K-ape])``; None if undefined."""
     target, base, reference = (
@@ -119,28 +128,45 @@ def gap_closed(acc: dict[str, float | None], kernel: str, position: str) -> floa
 
 
 def summarise(runs: Sequence[Run]) -> list[dict[str, Any]]:
-    """One row per model: seeds, ``<metric>_mean`` / ``<metric>_std`` for every metric,
-    ``gap_to_softmax`` and ``gap_closed`` (None where not applicable or undefined)."""
-    by_model: dict[str, list[Run]] = {}
+    """One row per variant (see :mod:`rpevit.report.runs`): seeds, feature count, epochs and
+    initial weights, ``<metric>_mean`` / ``<metric>_std`` for every metric, ``gap_to_softmax``
+    and ``gap_closed`` (None where not applicable or undefined)."""
+    by_variant: dict[str, list[Run]] = {}
     for run in runs:
-        by_model.setdefault(run.model, []).append(run)
+        by_variant.setdefault(run.variant, []).append(run)
+    order = {model: i for i, model in enumerate(model_order(r.model for r in runs))}
+
+    def position_in_table(variant: str) -> tuple[int, bool, int, str]:
+        """Per model: the plain variant, the feature counts, then the fine-tuned ones."""
+        first = by_variant[variant][0]
+        source = str(first.source.get("model")) if first.source else ""
+        return order[first.model], bool(source), first.explicit_nb_features or 0, source
+
     rows = []
-    for model in model_order(by_model):
-        group = by_model[model]
+    for variant in sorted(by_variant, key=position_in_table):
+        group = by_variant[variant]
+        model = group[0].model
         kernel, _, position = model.partition("-")
+        source = group[0].source
         row: dict[str, Any] = {
+            "variant": variant,
             "model": model,
             "kernel": kernel,
             "position": position,
             "runs": len(group),
             "seeds": [run.seed for run in group],
+            "nb_features": _single(run.nb_features for run in group),
+            "explicit_nb_features": group[0].explicit_nb_features,
+            "epochs": _single(run.epochs for run in group),
+            "init_from": source.get("model") if source else None,
+            "source_epochs": _single(run.source.get("epochs") for run in group if run.source),
         }
         for metric in METRICS:
             row[f"{metric.key}_mean"], row[f"{metric.key}_std"] = mean_std(
                 metric.read(run.metrics) for run in group
             )
         rows.append(row)
-    acc = {row["model"]: row["test_accuracy_mean"] for row in rows}
+    acc = {row["variant"]: row["test_accuracy_mean"] for row in rows}
     for row in rows:
         kernel, position = row["kernel"], row["position"]
         reference = acc.get(f"softmax-{position}")
@@ -151,17 +177,103 @@ def summarise(runs: Sequence[Run]) -> list[dict[str, Any]]:
             and row["test_accuracy_mean"] is not None
             else None
         )
-        row["gap_closed"] = (
-            gap_closed(acc, kernel, position)
-            if kernel in PERFORMER_KERNELS and position in RELATIVE_POSITIONS
+        row["gap_closed"] = gap_closed(acc, kernel, position) if _applies_gap_closed(row) else None
+    return rows
+
+
+def ablation_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of the random-feature ablation: the from-scratch variants of every model trained
+    with two or more feature counts, ordered by model, then m."""
+    counts: dict[str, set[int]] = {}
+    for row in rows:
+        if row["init_from"] is None and row["nb_features"] is not None:
+            counts.setdefault(row["model"], set()).add(row["nb_features"])
+    swept = {model for model, ms in counts.items() if len(ms) > 1}
+    chosen = [r for r in rows if r["model"] in swept and r["init_from"] is None]
+    return sorted(
+        (r for r in chosen if r["nb_features"] is not None),
+        key=lambda r: (model_order(swept).index(r["model"]), r["nb_features"]),
+    )
+
+
+def init_comparison(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """From-scratch vs from-checkpoint: for every variant initialised from another run, the
+    from-scratch variant of the same model (and feature count), the epochs each trained in
+    total (a fine-tuned run adds its source's) and the accuracy difference in points."""
+    scratch = {(r["model"], r["explicit_nb_features"]): r for r in rows if r["init_from"] is None}
+    table = []
+    for row in rows:
+        if row["init_from"] is None:
+            continue
+        base = scratch.get((row["model"], row["explicit_nb_features"]))
+        total = (
+            row["epochs"] + row["source_epochs"]
+            if row["epochs"] is not None and row["source_epochs"] is not None
             else None
         )
-    return rows
+        both = base is not None and None not in (
+            base["test_accuracy_mean"],
+            row["test_accuracy_mean"],
+        )
+        table.append(
+            {
+                "variant": row["variant"],
+                "model": row["model"],
+                "source": row["init_from"],
+                "scratch_epochs": base["epochs"] if base else None,
+                "scratch_accuracy": base["test_accuracy_mean"] if base else None,
+                "scratch_runs": base["runs"] if base else 0,
+                "source_epochs": row["source_epochs"],
+                "finetune_epochs": row["epochs"],
+                "total_epochs": total,
+                "finetuned_accuracy": row["test_accuracy_mean"],
+                "finetuned_runs": row["runs"],
+                "difference": (
+                    row["test_accuracy_mean"] - base["test_accuracy_mean"] if both else None
+                ),
+                "equal_epochs": base is not None and total is not None and total == base["epochs"],
+            }
+        )
+    return table
+
+
+def transfer_table(runs: Sequence[Run]) -> dict[str, Any]:
+    """Resolution transfer per variant (runs evaluated with ``--image-size``): mean test
+    accuracy at every evaluated image size, keyed ``{label: {size: accuracy}}``; the label adds
+    the resize mode when runs used several. Also the trained sizes found."""
+    evaluated = [run for run in runs if run.transfer]
+    modes = {run.transfer["resize_mode"] for run in evaluated}
+    values: dict[str, dict[int, list[float]]] = {}
+    variants: dict[str, str] = {}
+    trained: set[int] = set()
+    for run in evaluated:
+        label = run.variant + (f" ({run.transfer['resize_mode']})" if len(modes) > 1 else "")
+        variants[label] = run.variant
+        size = run.transfer.get("trained_image_size")
+        if isinstance(size, list) and size:
+            trained.add(int(size[0]))
+        for point in run.transfer["results"]:
+            if isinstance(point.get("test_accuracy"), float):
+                values.setdefault(label, {}).setdefault(int(point["image_size"]), []).append(
+                    point["test_accuracy"]
+                )
+    models = {label: variant.split(" ")[0] for label, variant in variants.items()}
+    order = {model: i for i, model in enumerate(model_order(models.values()))}
+    accuracy = {
+        label: {size: sum(v) / len(v) for size, v in sorted(values[label].items())}
+        for label in sorted(values, key=lambda label: (order[models[label]], label))
+    }
+    return {
+        "resize_modes": sorted(modes),
+        "trained_image_sizes": sorted(trained),
+        "variants": variants,
+        "accuracy": accuracy,
+    }
 
 
 def gap_closed_table(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
     """``{kernel: {position: gap closed}}`` for the Performer kernels and relative positions."""
-    acc = {row["model"]: row["test_accuracy_mean"] for row in rows}
+    acc = {row["variant"]: row["test_accuracy_mean"] for row in rows}
     return {
         kernel: {position: gap_closed(acc, kernel, position) for position in RELATIVE_POSITIONS}
         for kernel in PERFORMER_KERNELS
@@ -179,7 +291,11 @@ def _applies_gap(row: dict[str, Any]) -> bool:
 
 
 def _applies_gap_closed(row: dict[str, Any]) -> bool:
-    return row["kernel"] in PERFORMER_KERNELS and row["position"] in RELATIVE_POSITIONS
+    return (
+        row["kernel"] in PERFORMER_KERNELS
+        and row["position"] in RELATIVE_POSITIONS
+        and row["variant"] == row["model"]
+    )
 
 
 def _markdown_table(header: list[str], body: list[list[str]]) -> str:
@@ -191,11 +307,89 @@ def _markdown_table(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _ablation_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    metrics = {m.key: m for m in METRICS}
+    shown = (
+        "test_accuracy",
+        "train_seconds_per_epoch",
+        "inference_ms_per_sample",
+        "peak_memory_mb",
+    )
+    return _markdown_table(
+        ["model", "m", "runs", *[metrics[k].label for k in shown]],
+        [
+            [
+                row["model"],
+                str(row["nb_features"]),
+                str(row["runs"]),
+                *[_cell(row[f"{k}_mean"], row[f"{k}_std"], metrics[k].fmt) for k in shown],
+            ]
+            for row in rows
+        ],
+    )
+
+
+def _comparison_markdown(table: Sequence[dict[str, Any]]) -> str:
+    def epochs(value: Any) -> str:
+        return NA if value is None else str(value)
+
+    def acc(value: float | None) -> str:
+        return NA if value is None else _pct(value)
+
+    body = []
+    for r in table:
+        total = f"{epochs(r['source_epochs'])} + {epochs(r['finetune_epochs'])}"
+        total += f" = {r['total_epochs']}" if r["total_epochs"] is not None else ""
+        if r["scratch_epochs"] is not None and not r["equal_epochs"]:
+            total += " (budgets differ)"
+        diff = NA if r["difference"] is None else f"{100 * r['difference']:+.2f}"
+        body.append(
+            [
+                r["model"],
+                epochs(r["scratch_epochs"]),
+                acc(r["scratch_accuracy"]),
+                r["source"],
+                total,
+                acc(r["finetuned_accuracy"]),
+                diff,
+            ]
+        )
+    return _markdown_table(
+        [
+            "model",
+            "from scratch: epochs",
+            "test acc %",
+            "initialised from",
+            "source + fine-tune epochs",
+            "test acc %",
+            "difference (pp)",
+        ],
+        body,
+    )
+
+
+def _transfer_markdown(transfer: dict[str, Any]) -> str:
+    sizes = sorted({size for acc in transfer["accuracy"].values() for size in acc})
+    trained = set(transfer["trained_image_sizes"])
+    header = ["variant", *[f"{s} px" + (" (trained)" if s in trained else "") for s in sizes]]
+    body = [
+        [label, *[_pct(acc[s]) if s in acc else NA for s in sizes]]
+        for label, acc in transfer["accuracy"].items()
+    ]
+    return _markdown_table(header, body)
+
+
 def markdown(
-    rows: Sequence[dict[str, Any]], title: str, notes: Sequence[str], plots: Sequence[str]
+    rows: Sequence[dict[str, Any]],
+    title: str,
+    notes: Sequence[str],
+    plots: Sequence[str],
+    *,
+    transfer: dict[str, Any] | None = None,
 ) -> str:
     """``results.md``: a quality table (accuracy, fit, gaps), a cost table, the gap-closed
-    matrix, the plots and the notes."""
+    matrix, then where the runs hold them the random-feature ablation, from-scratch vs
+    from-checkpoint and resolution-transfer tables, the plots and the notes."""
     quality = [m for m in METRICS if m.table == "quality"]
     cost = [m for m in METRICS if m.table == "cost"]
 
@@ -215,13 +409,13 @@ def markdown(
     quality_table = _markdown_table(
         ["model", "runs", *[m.label for m in quality], "gap to softmax (pp)", "gap closed"],
         [
-            [row["model"], str(row["runs"]), *metric_cells(row, quality), gap(row), closed(row)]
+            [row["variant"], str(row["runs"]), *metric_cells(row, quality), gap(row), closed(row)]
             for row in rows
         ],
     )
     cost_table = _markdown_table(
         ["model", "runs", *[m.label for m in cost]],
-        [[row["model"], str(row["runs"]), *metric_cells(row, cost)] for row in rows],
+        [[row["variant"], str(row["runs"]), *metric_cells(row, cost)] for row in rows],
     )
     matrix = gap_closed_table(rows)
     closed_table = _markdown_table(
@@ -249,6 +443,37 @@ def markdown(
         "## Gap closed by relative position encodings",
         closed_table,
     ]
+    ablation = ablation_rows(rows)
+    if ablation:
+        parts += [
+            "## Random-feature ablation",
+            _ablation_markdown(ablation),
+            "m: features per head of the kernel's feature map (FAVOR+: random features, "
+            "learnable: rows of the trained W). The variants' other rows above give the "
+            "exact-attention reference.",
+        ]
+    comparison = init_comparison(rows)
+    if comparison:
+        parts += [
+            "## From scratch vs from a softmax checkpoint",
+            _comparison_markdown(comparison),
+            "A fine-tuned run starts from its source's best checkpoint; its training budget is "
+            "the source's epochs plus its own. The comparison is fair when that total equals "
+            "the from-scratch run's epochs. Difference: fine-tuned minus from-scratch test "
+            "accuracy, in percentage points.",
+        ]
+    if transfer and transfer["accuracy"]:
+        parts += [
+            "## Resolution transfer",
+            _transfer_markdown(transfer),
+            "Test accuracy (%) on the test images brought to each size by "
+            f"{' / '.join(transfer['resize_modes'])} (pad: zero border, objects keep their size; "
+            "upscale: bilinear resize), from `rpevit evaluate RUN --image-size ...`. Each "
+            "position encoding applies its own rule off the trained grid: APE interpolates its "
+            "table, RPE clamps offsets beyond the trained range, RoPE/STRING extrapolate their "
+            "rotations, gates reuse their last trained row/column. n/a: not evaluated there "
+            "(Linformer has a fixed token count).",
+        ]
     if plots:
         parts += ["## Plots", "\n\n".join(f"![{Path(p).stem}]({Path(p).name})" for p in plots)]
     if notes:
@@ -259,7 +484,8 @@ def markdown(
 def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     """``results.csv``: one row per model, raw values (accuracies as fractions), empty where a
     column does not apply and ``n/a`` where it is undefined."""
-    columns = ["model", "kernel", "position", "runs", "seeds"]
+    columns = ["variant", "model", "kernel", "position", "nb_features", "init_from", "epochs"]
+    columns += ["source_epochs", "runs", "seeds"]
     for metric in METRICS:
         columns += [f"{metric.key}_mean", f"{metric.key}_std"]
     columns += ["gap_to_softmax", "gap_closed"]

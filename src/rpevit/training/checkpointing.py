@@ -174,6 +174,7 @@ def transfer_weights(model: torch.nn.Module, source: str | os.PathLike[str]) -> 
         "path": str(path),
         "model": source_name,
         "step": checkpoint.get("global_step"),
+        "epochs": (checkpoint["hyper_parameters"].get("config") or {}).get("epochs"),
         "transferred": len(shared),
         "new": sorted(k for k in target if k not in shared),
     }

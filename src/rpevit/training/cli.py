@@ -9,14 +9,15 @@ from __future__ import annotations
 import argparse
 import ast
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_only
 
 from rpevit.data import list_datasets
-from rpevit.errors import ConfigError, TrainingInterrupted
-from rpevit.training.checkpointing import resume_checkpoint
+from rpevit.errors import ConfigError, RpevitError, TrainingInterrupted
+from rpevit.training.checkpointing import CHECKPOINT_DIR, resume_checkpoint
 from rpevit.training.config import PRECISIONS, PRESETS, TrainConfig
 from rpevit.training.run import RESIZE_MODES, evaluate, find_checkpoint, train
 
@@ -121,7 +122,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--init-from",
         metavar="RUN_OR_CKPT",
         help="start from the weights of this run/checkpoint (e.g. a softmax model of the same "
-        "position encoding and sizes); only the new attention kernel's weights are fresh",
+        "position encoding and sizes); only the new attention kernel's weights are fresh. "
+        "In `rpevit grid`, a grid folder: each run starts from its softmax-<position>/seed<s>",
     )
     g.add_argument("--checkpoint-every-n-steps", type=int, help="also save last.ckpt every N steps")
     g.add_argument("--accelerator", help="auto, cpu or gpu (default: auto)")
@@ -204,7 +206,13 @@ def _sizes(text: str) -> tuple[int, ...]:
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``rpevit evaluate``."""
-    parser.add_argument("path", help="run folder (uses checkpoints/best.ckpt) or a .ckpt file")
+    parser.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="run folder (uses checkpoints/best.ckpt), .ckpt file, or a folder of runs (e.g. a "
+        "grid's --out: every run below it, each writing its own evaluation.json)",
+    )
     parser.add_argument("--data-dir", help="data folder (default: the one used for training)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--batch-size", type=int, help="evaluation batch size")
@@ -236,13 +244,53 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def evaluation_targets(paths: Sequence[str]) -> list[Path]:
+    """Run folders and checkpoint files to evaluate: each path itself, or for a folder that is
+    not a run (no ``checkpoints/``) every run folder below it."""
+    targets: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir() and not (path / CHECKPOINT_DIR).is_dir():
+            runs = sorted({c.parent.parent for c in path.rglob(f"{CHECKPOINT_DIR}/*.ckpt")})
+            if not runs:
+                raise ConfigError(f"{path} holds no run folders (no {CHECKPOINT_DIR}/*.ckpt)")
+            targets += runs
+        else:
+            targets.append(path)
+    return targets
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
-    """Handler of ``rpevit evaluate``: evaluate, write JSON, print the headline numbers."""
-    ckpt = find_checkpoint(args.path)
+    """Handler of ``rpevit evaluate``: evaluate each target, write JSON, print the headline
+    numbers. With several targets one that cannot be evaluated is reported and skipped (exit
+    code 1 at the end); with one, its error is the command's error."""
+    targets = evaluation_targets(args.paths)
+    if args.out and len(targets) > 1:
+        raise ConfigError(
+            f"--out names one file but {len(targets)} runs are evaluated; leave it out "
+            "(each run writes <run>/evaluation.json)"
+        )
+    if len(targets) == 1:
+        evaluate_one(targets[0], args)
+        return 0
+    failed = []
+    for target in targets:
+        try:
+            evaluate_one(target, args)
+        except RpevitError as error:
+            failed.append(target)
+            print(f"rpevit evaluate: skipped {target}: {error}", file=sys.stderr)
+    if failed:
+        print(f"rpevit evaluate: {len(failed)} of {len(targets)} not evaluated", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def evaluate_one(path: Path, args: argparse.Namespace) -> None:
+    """Evaluate one run folder or checkpoint as the ``rpevit evaluate`` options say."""
+    ckpt = find_checkpoint(path)
     if args.out:
         out = Path(args.out)
-    elif Path(args.path).is_dir():
-        out = Path(args.path) / "evaluation.json"
+    elif path.is_dir():
+        out = path / "evaluation.json"
     else:
         out = ckpt.with_name(f"{ckpt.stem}-evaluation.json")
     metrics = evaluate(
@@ -269,4 +317,3 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 f"{r['image_size']}px {r['test_accuracy']:.4f}" for r in transfer["results"]
             )
         )
-    return 0

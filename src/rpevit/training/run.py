@@ -521,6 +521,7 @@ def evaluate_checkpoint(
         "bic": criteria["bic"],
         "val_mean_nll": val_scores["mean_nll"],
         "params": params,
+        "nb_features": model.feature_count,
         "flops_per_image": count_flops(model, tuple(data.test.images.shape[1:])),
         "train_seconds_per_epoch": timer.mean_seconds if timer else None,
         "inference_ms_per_sample": inference_ms_per_sample(model, sample),
