@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import SMALL
@@ -121,3 +123,24 @@ def test_rope_mixed_name_equals_rope_option():
     assert a.state_dict().keys() == b.state_dict().keys()
     for key, value in a.state_dict().items():
         assert torch.equal(value, b.state_dict()[key]), key
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "expected"),
+    [
+        ("favor-ape", {"nb_features": 24}, 24),
+        ("favor-rope", {}, int(8 * math.log(8))),  # default d ln d, head dim 32 / 4 = 8
+        ("learnable-rpe", {"nb_features": 12}, 12),
+        ("relu-ape", {}, 8),  # identity projection: m = head dim
+        ("relu-ape", {"feature_projection": "learned", "nb_features": 20}, 20),
+        ("softmax-ape", {}, None),
+        ("linformer-ape", {}, None),
+        ("exp-ape", {}, None),
+    ],
+)
+def test_feature_count_is_the_number_of_features_the_kernel_computes(name, options, expected):
+    model = _make(name, **options)
+    assert model.feature_count == expected
+    if expected is not None:
+        kernel = model.blocks[0].attn.kernel
+        assert kernel.features(torch.randn(2, 4, 5, 8), is_query=True).shape[-1] == expected

@@ -4,6 +4,7 @@ at other resolutions (``rpevit evaluate --image-size``)."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import lightning as L
 import pytest
@@ -79,6 +80,8 @@ def test_init_from_transfers_every_shared_tensor_exactly(tmp_path, softmax_run):
     assert record["path"] == str(softmax_run / "checkpoints" / "best.ckpt")
     assert record["model"] == "softmax-rope" and record["transferred"] == len(shared)
     assert sorted(record["new"]) == sorted(new)
+    assert record["epochs"] == 1  # the source's budget, for equal-total-epoch comparisons
+    assert metrics["nb_features"] == 16
     stored = json.loads((tmp_path / "favor" / "config.json").read_text())
     assert stored["init_from"] == str(softmax_run)
     assert json.loads((tmp_path / "favor" / "metrics.json").read_text())["init_from"] == record
@@ -161,3 +164,23 @@ def test_linformer_cannot_change_resolution(tmp_path, capsys, softmax_run):
         "fixed sequence length",
     )
     assert not (tmp_path / "x.json").exists()
+
+
+def test_evaluate_a_folder_of_runs_skips_what_cannot_transfer(tmp_path, capsys, softmax_run):
+    runs = tmp_path / "runs"
+    shutil.copytree(softmax_run, runs / "softmax-rope" / "seed0")
+    linformer = runs / "linformer-ape" / "seed0" / "checkpoints"
+    linformer.mkdir(parents=True)
+    fake_checkpoint(linformer / "best.ckpt", model="linformer-ape")
+    argv = ["evaluate", str(runs), "--image-size", "28,35", "--data-dir", str(shared_data_dir())]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "skipped" in err and "linformer-ape cannot be evaluated at 35x35" in err
+    assert "1 of 2 not evaluated" in err
+    evaluation = json.loads((runs / "softmax-rope" / "seed0" / "evaluation.json").read_text())
+    assert [r["image_size"] for r in evaluation["resolution_transfer"]["results"]] == [28, 35]
+    assert evaluation["nb_features"] is None  # softmax: no feature map
+    assert not (runs / "linformer-ape" / "seed0" / "evaluation.json").exists()
+    fails(capsys, [*argv, "--out", str(tmp_path / "one.json")], "--out names one file but 2 runs")
+    (tmp_path / "empty").mkdir()
+    fails(capsys, ["evaluate", str(tmp_path / "empty")], "holds no run folders")
