@@ -119,6 +119,9 @@ def test_resize_modes_by_hand():
     padded = resize_images(image, 4, "pad")
     assert padded[0, 0].tolist() == [[0, 0, 0, 0], [0, 1, 2, 0], [0, 3, 4, 0], [0, 0, 0, 0]]
     assert torch.equal(resize_images(padded, 2, "pad"), image)  # smaller: centre crop
+    aligned = resize_images(image, 5, "pad", align=2)  # offset 1 rounded down to 0
+    assert aligned[0, 0, :2, :2].tolist() == [[1, 2], [3, 4]] and aligned.sum() == 10
+    assert torch.equal(resize_images(image, 6, "pad", align=2)[..., 2:4, 2:4], image)
     flat = torch.full((1, 3, 5, 5), 77, dtype=torch.uint8)
     assert torch.equal(resize_images(flat, 9, "upscale"), torch.full((1, 3, 9, 9), 77))
     assert resize_images(flat, 3, "upscale").unique().tolist() == [77]

@@ -467,7 +467,7 @@ def markdown(
             "## Resolution transfer",
             _transfer_markdown(transfer),
             "Test accuracy (%) on the test images brought to each size by "
-            f"{' / '.join(transfer['resize_modes'])} (pad: zero border, objects keep their size; "
+            f"{' / '.join(transfer['resize_modes'])} (pad: zero border on the patch grid; "
             "upscale: bilinear resize), from `rpevit evaluate RUN --image-size ...`. Each "
             "position encoding applies its own rule off the trained grid: APE interpolates its "
             "table, RPE clamps offsets beyond the trained range, RoPE/STRING extrapolate their "

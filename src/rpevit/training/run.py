@@ -324,13 +324,15 @@ def _check_resize_mode(mode: str) -> None:
         raise ConfigError(f"unknown resize mode {mode!r}; choose one of {', '.join(RESIZE_MODES)}")
 
 
-def resize_images(images: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+def resize_images(images: torch.Tensor, size: int, mode: str, align: int = 1) -> torch.Tensor:
     """``uint8 [N, C, H, W]`` images brought to ``size x size`` for resolution transfer.
 
-    ``pad``: zero-pad evenly around the image (centre-crop if ``size`` is smaller): objects
-    keep their pixel size and the canvas grows, natural for MNIST digits on black.
-    ``upscale``: bilinear resampling of the whole image (antialiased when shrinking): objects
-    grow with the canvas, so each patch covers a smaller part of the object.
+    ``pad``: zero-pad around the image (centre-crop if ``size`` is smaller): objects keep their
+    pixel size and the canvas grows, natural for MNIST digits on black. The offset of the
+    original image is the centring one rounded down to a multiple of ``align`` (the patch
+    size), so every patch holds exactly the pixels it held in training and only the token
+    positions change. ``upscale``: bilinear resampling of the whole image (antialiased when
+    shrinking): objects grow with the canvas, so each patch covers a smaller part of them.
     """
     _check_resize_mode(mode)
     h, w = images.shape[-2:]
@@ -345,8 +347,8 @@ def resize_images(images: torch.Tensor, size: int, mode: str) -> torch.Tensor:
             antialias=size < min(h, w),
         )
         return x.round_().clamp_(0, 255).to(torch.uint8)
-    top, left = (size - h) // 2, (size - w) // 2  # negative: crop
-    return F.pad(images, (left, size - w - left, top, size - h - top))
+    top, left = ((size - h) // 2 // align) * align, ((size - w) // 2 // align) * align
+    return F.pad(images, (left, size - w - left, top, size - h - top))  # negative: crop
 
 
 def resolution_transfer(
@@ -374,7 +376,7 @@ def resolution_transfer(
         )
     results = []
     for size in sizes:
-        split = Split(resize_images(test.images, size, mode), test.labels)
+        split = Split(resize_images(test.images, size, mode, align=patch), test.labels)
         transform = BatchTransform(spec.mean, spec.std)
         loader = InMemoryLoader(split, batch_size, transform, device=device)
         try:
