@@ -108,6 +108,8 @@ def test_mean_std_and_gap_closed_by_hand():
     assert gap_closed(acc, "favor", "rpe") == pytest.approx(0.04 / 0.085)
     assert gap_closed(acc, "favor", "rope") is None  # missing model
     assert gap_closed({**acc, "relu-rpe": 0.99}, "relu", "rpe") is None  # denominator 0
+    ahead = {**acc, "favor-ape": 0.99}  # the Performer beats softmax: no gap to close
+    assert gap_closed(ahead, "favor", "rpe") is None
 
 
 def test_report_tables_from_synthetic_runs(synthetic_runs, tmp_path):
