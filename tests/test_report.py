@@ -281,3 +281,24 @@ def test_unequal_budgets_are_flagged(tmp_path):
     (row,) = summary["init_comparison"]
     assert row["total_epochs"] == 6 and row["equal_epochs"] is False
     assert "5 + 1 = 6 (budgets differ)" in (tmp_path / "report" / "results.md").read_text()
+
+
+def test_explicit_model_options_make_their_own_variant(tmp_path):
+    write_run(tmp_path / "a", "favor-rope", 0, 0.90)
+    write_run(tmp_path / "b", "favor-rope", 0, 0.80, options={"ape": False})
+    for m in (16, 32):
+        options = {"ape": False, "nb_features": m}
+        write_run(tmp_path / "c", "favor-rope", 0, 0.7 + m / 1000, options=options, nb_features=m)
+    summary = build_report(tmp_path, tmp_path / "report")
+    assert [r["variant"] for r in summary["rows"]] == [
+        "favor-rope",
+        "favor-rope ape=False",
+        "favor-rope ape=False m=16",
+        "favor-rope ape=False m=32",
+    ]
+    ablation = summary["feature_ablation"]
+    assert [(r["family"], r["nb_features"]) for r in ablation] == [
+        ("favor-rope ape=False", 16),
+        ("favor-rope ape=False", 32),
+    ]
+    assert not [note for note in summary["notes"] if "differ" in note]

@@ -245,7 +245,8 @@ def plot_feature_ablation(
     ablation: Sequence[dict[str, Any]], references: Sequence[dict[str, Any]], path: Path
 ) -> Path:
     """Test accuracy, training time per epoch and peak memory against the feature count m
-    (log2 axis), one line per model; ``references`` (e.g. softmax rows) as dashed levels."""
+    (log2 axis), one line per family (model and options); ``references`` (e.g. softmax rows)
+    as dashed levels."""
     panels = (
         ("test_accuracy", 100.0, "test accuracy (%)"),
         ("train_seconds_per_epoch", 1.0, "training time per epoch (s)"),
@@ -255,17 +256,18 @@ def plot_feature_ablation(
     fig = Figure(figsize=(15, 4.5), layout="constrained")
     axes = fig.subplots(1, len(panels))
     for ax, (key, scale, label) in zip(axes, panels, strict=True):
-        for model in dict.fromkeys(r["model"] for r in ablation):
+        for family in dict.fromkeys(r["family"] for r in ablation):
             points = [
                 (r["nb_features"], scale * r[f"{key}_mean"], r[f"{key}_std"])
                 for r in ablation
-                if r["model"] == model and r[f"{key}_mean"] is not None
+                if r["family"] == family and r[f"{key}_mean"] is not None
             ]
             if not points:
                 continue
             m, y, std = zip(*points, strict=True)
             err = None if any(e is None for e in std) else [scale * e for e in std]
-            ax.errorbar(m, y, yerr=err, label=model, capsize=3, **_style(model, models))
+            style = _style(family.split(" ")[0], models)
+            ax.errorbar(m, y, yerr=err, label=family, capsize=3, **style)
         for row in references:
             if row[f"{key}_mean"] is not None:
                 ax.axhline(

@@ -6,9 +6,10 @@ A run folder is any folder holding a valid ``metrics.json`` (written by ``rpevit
 and, once ``rpevit evaluate RUN --image-size ...`` ran, ``evaluation.json`` with the
 resolution-transfer results.
 
-Runs of one model are told apart by their *variant*: the model name, plus ``m=<m>`` when the
-feature count was set explicitly (a random-feature ablation) and ``from <model>`` when the
-weights were initialised from another run (``--init-from``).
+Runs of one model are told apart by their *variant*: the model name, plus the model options
+set explicitly (``ape=False``, ``rope_mode=mixed``, ...; the feature count as ``m=<m>``, a
+random-feature ablation) and ``from <model>`` when the weights were initialised from another
+run (``--init-from``).
 """
 
 from __future__ import annotations
@@ -69,10 +70,18 @@ class Run:
         return self.metrics.get("epochs") or self.config.get("epochs")
 
     @property
+    def family(self) -> str:
+        """The model name plus its explicit options other than the feature count, e.g.
+        ``favor-rope ape=False``: the runs a feature-count ablation compares."""
+        options = self.config.get("model_options") or {}
+        shown = [f"{k}={v}" for k, v in sorted(options.items()) if k != "nb_features"]
+        return " ".join([self.model, *shown])
+
+    @property
     def variant(self) -> str:
-        """The model name, ``+ " m=<m>"`` for an explicit feature count, ``+ " from <model>"``
+        """:attr:`family`, ``+ " m=<m>"`` for an explicit feature count, ``+ " from <model>"``
         when initialised from another run."""
-        label = self.model
+        label = self.family
         if self.explicit_nb_features:
             label += f" m={self.explicit_nb_features}"
         if self.source:
@@ -176,20 +185,14 @@ def load_runs(*runs_dirs: str | Path) -> tuple[list[Run], list[str]]:
 def _consistency_notes(runs: list[Run]) -> list[str]:
     """Notes on settings that differ between runs (they would be averaged or compared as if
     equal) and on variants with a seed run more than once. What tells variants apart (feature
-    count, initial weights, and the epochs of runs that continue another) is no difference."""
-
-    def setting(run: Run, key: str) -> Any:
-        value = run.config.get(key)
-        if key == "model_options" and isinstance(value, dict):
-            value = {k: v for k, v in value.items() if k != "nb_features"}
-        return value
+    options, initial weights, and the epochs of runs that continue another) is no difference."""
 
     notes = []
     for key in GRID_IDENTITY:
-        if key in ("model", "seed", "init_from"):
+        if key in ("model", "seed", "init_from", "model_options"):
             continue
         compared = [run for run in runs if key != "epochs" or not run.source]
-        values = {json.dumps(setting(run, key), sort_keys=True) for run in compared}
+        values = {json.dumps(run.config.get(key), sort_keys=True) for run in compared}
         if len(values) > 1:
             notes.append(f"runs differ in {key}: {', '.join(sorted(values))}")
     seen: dict[tuple[str, Any], int] = {}

@@ -157,6 +157,7 @@ def summarise(runs: Sequence[Run]) -> list[dict[str, Any]]:
             "runs": len(group),
             "seeds": [run.seed for run in group],
             "nb_features": _single(run.nb_features for run in group),
+            "family": group[0].family,
             "explicit_nb_features": group[0].explicit_nb_features,
             "epochs": _single(run.epochs for run in group),
             "init_from": source.get("model") if source else None,
@@ -183,30 +184,32 @@ def summarise(runs: Sequence[Run]) -> list[dict[str, Any]]:
 
 
 def ablation_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows of the random-feature ablation: the from-scratch variants of every model trained
-    with two or more feature counts, ordered by model, then m."""
+    """Rows of the random-feature ablation: the from-scratch variants of every family (model
+    and options, see :attr:`Run.family`) trained with two or more feature counts, in table
+    order, then by m."""
     counts: dict[str, set[int]] = {}
     for row in rows:
         if row["init_from"] is None and row["nb_features"] is not None:
-            counts.setdefault(row["model"], set()).add(row["nb_features"])
-    swept = {model for model, ms in counts.items() if len(ms) > 1}
-    chosen = [r for r in rows if r["model"] in swept and r["init_from"] is None]
-    return sorted(
-        (r for r in chosen if r["nb_features"] is not None),
-        key=lambda r: (model_order(swept).index(r["model"]), r["nb_features"]),
-    )
+            counts.setdefault(row["family"], set()).add(row["nb_features"])
+    swept = [family for family, ms in counts.items() if len(ms) > 1]
+    chosen = [
+        r
+        for r in rows
+        if r["family"] in swept and r["init_from"] is None and r["nb_features"] is not None
+    ]
+    return sorted(chosen, key=lambda r: (swept.index(r["family"]), r["nb_features"]))
 
 
 def init_comparison(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """From-scratch vs from-checkpoint: for every variant initialised from another run, the
     from-scratch variant of the same model (and feature count), the epochs each trained in
     total (a fine-tuned run adds its source's) and the accuracy difference in points."""
-    scratch = {(r["model"], r["explicit_nb_features"]): r for r in rows if r["init_from"] is None}
+    scratch = {(r["family"], r["explicit_nb_features"]): r for r in rows if r["init_from"] is None}
     table = []
     for row in rows:
         if row["init_from"] is None:
             continue
-        base = scratch.get((row["model"], row["explicit_nb_features"]))
+        base = scratch.get((row["family"], row["explicit_nb_features"]))
         total = (
             row["epochs"] + row["source_epochs"]
             if row["epochs"] is not None and row["source_epochs"] is not None
@@ -219,7 +222,7 @@ def init_comparison(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         table.append(
             {
                 "variant": row["variant"],
-                "model": row["model"],
+                "model": row["family"],
                 "source": row["init_from"],
                 "scratch_epochs": base["epochs"] if base else None,
                 "scratch_accuracy": base["test_accuracy_mean"] if base else None,
@@ -320,7 +323,7 @@ def _ablation_markdown(rows: Sequence[dict[str, Any]]) -> str:
         ["model", "m", "runs", *[metrics[k].label for k in shown]],
         [
             [
-                row["model"],
+                row["family"],
                 str(row["nb_features"]),
                 str(row["runs"]),
                 *[_cell(row[f"{k}_mean"], row[f"{k}_std"], metrics[k].fmt) for k in shown],
