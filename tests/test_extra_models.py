@@ -144,3 +144,16 @@ def test_feature_count_is_the_number_of_features_the_kernel_computes(name, optio
     if expected is not None:
         kernel = model.blocks[0].attn.kernel
         assert kernel.features(torch.randn(2, 4, 5, 8), is_query=True).shape[-1] == expected
+
+
+@pytest.mark.parametrize("name", EXTRA)
+def test_every_extra_variant_changes_resolution_or_says_why_not(name):
+    model = _make(name).eval()
+    images = torch.randn(2, 1, 36, 36)  # 9 x 9 patches instead of the trained 7 x 7
+    with torch.no_grad():
+        if name.startswith("linformer"):
+            with pytest.raises(ValueError, match="fixed sequence length"):
+                model(images)
+        else:
+            logits = model(images)
+            assert logits.shape == (2, 10) and torch.isfinite(logits).all()
