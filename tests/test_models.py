@@ -216,5 +216,8 @@ def test_cli_models_lists_every_variant(capsys):
     assert main(["models", "--dim", "32", "--depth", "1", "--heads", "2", "--mlp-dim", "32"]) == 0
     out = capsys.readouterr().out
     assert all(f"| {name} " in out for name in ALL)
+    table = [line for line in out.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + len(rpevit.list_available_models())
+    assert len({len(line) for line in table}) == 1  # columns aligned for the longest name
     assert main(["models", "--models", "nope-ape"]) == 2
     assert "unknown model 'nope-ape'" in capsys.readouterr().err

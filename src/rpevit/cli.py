@@ -32,13 +32,14 @@ def _models_command(args: argparse.Namespace) -> int:
         f"patch {args.patch_size} ({tokens} patch tokens), dim {args.dim}, depth {args.depth}, "
         f"heads {args.heads}, MLP {args.mlp_dim}"
     )
-    print(f"| {'model':<15} | {'parameters':>10} | {'MFLOPs/image':>12} |")
-    print(f"| {'-' * 15} | {'-' * 10}:| {'-' * 12}:|")
+    width = max(len(name) for name in [*names, "model"])
+    print(f"| {'model':<{width}} | {'parameters':>10} | {'MFLOPs/image':>12} |")
+    print(f"| {'-' * width} | {'-' * 10}:| {'-' * 12}:|")
     for name in names:
         model = create_model(name, **size)
         params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         flops = count_flops(model, (args.in_chans, args.image_size, args.image_size))
-        print(f"| {name:<15} | {params:>10,} | {flops / 1e6:>12.1f} |")
+        print(f"| {name:<{width}} | {params:>10,} | {flops / 1e6:>12.1f} |")
     return 0
 
 
