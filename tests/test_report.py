@@ -286,11 +286,13 @@ def test_unequal_budgets_are_flagged(tmp_path):
 def test_explicit_model_options_make_their_own_variant(tmp_path):
     write_run(tmp_path / "a", "favor-rope", 0, 0.90)
     write_run(tmp_path / "b", "favor-rope", 0, 0.80, options={"ape": False})
+    write_run(tmp_path / "b", "softmax-rope", 0, 0.85, options={"ape": False})
     for m in (16, 32):
         options = {"ape": False, "nb_features": m}
         write_run(tmp_path / "c", "favor-rope", 0, 0.7 + m / 1000, options=options, nb_features=m)
     summary = build_report(tmp_path, tmp_path / "report")
     assert [r["variant"] for r in summary["rows"]] == [
+        "softmax-rope ape=False",
         "favor-rope",
         "favor-rope ape=False",
         "favor-rope ape=False m=16",
@@ -302,3 +304,6 @@ def test_explicit_model_options_make_their_own_variant(tmp_path):
         ("favor-rope ape=False", 32),
     ]
     assert not [note for note in summary["notes"] if "differ" in note]
+    gaps = {r["variant"]: r["gap_to_softmax"] for r in summary["rows"]}
+    assert gaps["favor-rope ape=False"] == pytest.approx(-0.05)  # vs softmax-rope ape=False
+    assert gaps["favor-rope"] is None  # no plain softmax-rope run
