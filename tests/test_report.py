@@ -307,3 +307,13 @@ def test_explicit_model_options_make_their_own_variant(tmp_path):
     gaps = {r["variant"]: r["gap_to_softmax"] for r in summary["rows"]}
     assert gaps["favor-rope ape=False"] == pytest.approx(-0.05)  # vs softmax-rope ape=False
     assert gaps["favor-rope"] is None  # no plain softmax-rope run
+
+
+def test_top5_column_appears_only_where_recorded(tmp_path):
+    write_run(tmp_path / "c10", "favor-ape", 0, 0.90)  # 10 classes: top-5 not recorded
+    build_report(tmp_path / "c10")
+    assert "top-5 %" not in (tmp_path / "c10" / "report" / "results.md").read_text()
+    write_run(tmp_path / "c100", "favor-ape", 0, 0.50, dataset="cifar100", test_top5_accuracy=0.8)
+    build_report(tmp_path / "c100")
+    text = (tmp_path / "c100" / "report" / "results.md").read_text()
+    assert "| test acc % | top-5 % |" in text and "| 50.00 | 80.00 |" in text

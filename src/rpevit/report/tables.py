@@ -54,6 +54,7 @@ def _pct(x: float) -> str:
 METRICS: tuple[Metric, ...] = (
     Metric("val_accuracy", "val acc %", _get("val_accuracy"), _pct, "quality"),
     Metric("test_accuracy", "test acc %", _get("test_accuracy"), _pct, "quality"),
+    Metric("test_top5_accuracy", "top-5 %", _get("test_top5_accuracy"), _pct, "quality"),
     Metric("precision_macro", "precision %", _get("precision_macro"), _pct, "quality"),
     Metric("recall_macro", "recall %", _get("recall_macro"), _pct, "quality"),
     Metric("f1_macro", "F1 %", _get("f1_macro"), _pct, "quality"),
@@ -395,8 +396,11 @@ def markdown(
     """``results.md``: a quality table (accuracy, fit, gaps), a cost table, the gap-closed
     matrix, then where the runs hold them the random-feature ablation, from-scratch vs
     from-checkpoint and resolution-transfer tables, the plots and the notes."""
-    quality = [m for m in METRICS if m.table == "quality"]
-    cost = [m for m in METRICS if m.table == "cost"]
+    def shown(metric: Metric) -> bool:  # e.g. top-5 only where recorded (> 10 classes)
+        return any(row[f"{metric.key}_mean"] is not None for row in rows)
+
+    quality = [m for m in METRICS if m.table == "quality" and shown(m)]
+    cost = [m for m in METRICS if m.table == "cost" and shown(m)]
 
     def metric_cells(row: dict[str, Any], metrics: Sequence[Metric]) -> list[str]:
         return [_cell(row[f"{m.key}_mean"], row[f"{m.key}_std"], m.fmt) for m in metrics]
