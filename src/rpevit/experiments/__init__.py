@@ -1,7 +1,14 @@
 """Experiment grids: every model variant x seed trained and evaluated, resumably and shardably."""
 
 from rpevit.experiments.cli import add_grid_arguments, run_grid_command
-from rpevit.experiments.grid import GridRun, parse_shard, plan_grid, run_grid, shard_runs
+from rpevit.experiments.grid import (
+    GridRun,
+    parse_shard,
+    plan_grid,
+    run_grid,
+    run_grid_parallel,
+    shard_runs,
+)
 
 __all__ = [
     "GridRun",
@@ -10,5 +17,6 @@ __all__ = [
     "plan_grid",
     "run_grid",
     "run_grid_command",
+    "run_grid_parallel",
     "shard_runs",
 ]

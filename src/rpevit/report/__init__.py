@@ -3,18 +3,28 @@
 from rpevit.report.attention import attention_weights, cls_attention_map
 from rpevit.report.build import add_report_arguments, build_report, run_report_command
 from rpevit.report.runs import Run, load_runs, read_curves
-from rpevit.report.tables import gap_closed, mean_std, summarise
+from rpevit.report.tables import (
+    ablation_rows,
+    gap_closed,
+    init_comparison,
+    mean_std,
+    summarise,
+    transfer_table,
+)
 
 __all__ = [
     "Run",
+    "ablation_rows",
     "add_report_arguments",
     "attention_weights",
     "build_report",
     "cls_attention_map",
     "gap_closed",
+    "init_comparison",
     "load_runs",
     "mean_std",
     "read_curves",
     "run_report_command",
     "summarise",
+    "transfer_table",
 ]

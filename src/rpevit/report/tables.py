@@ -396,6 +396,7 @@ def markdown(
     """``results.md``: a quality table (accuracy, fit, gaps), a cost table, the gap-closed
     matrix, then where the runs hold them the random-feature ablation, from-scratch vs
     from-checkpoint and resolution-transfer tables, the plots and the notes."""
+
     def shown(metric: Metric) -> bool:  # e.g. top-5 only where recorded (> 10 classes)
         return any(row[f"{metric.key}_mean"] is not None for row in rows)
 
