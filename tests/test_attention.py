@@ -173,3 +173,24 @@ def test_redraw_interval_zero_never_redraws():
 def test_favor_kernel_rejects_bad_hyperparameters(bad):
     with pytest.raises(ValueError, match="must be"):
         FavorKernel(head_dim=8, **bad)
+
+
+@pytest.mark.parametrize("is_query", [True, False])
+def test_favor_features_in_place_match_the_textbook_formula_and_gradients(is_query):
+    """The in-place computation equals ``m^-1/2 exp(W x' - |x'|^2/2 - s)`` and its gradient."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 7, 8, dtype=torch.float64, requires_grad=True)
+    w = orthogonal_gaussian_projection(12, 8).double()
+    xs = x * 8**-0.25
+    exponent = xs @ w.T - 0.5 * (xs * xs).sum(-1, keepdim=True)
+    dims = (-1,) if is_query else (-2, -1)
+    reference = torch.exp(exponent - exponent.detach().amax(dim=dims, keepdim=True)) / 12**0.5
+    features = favor_features(x, w, is_query=is_query)
+    torch.testing.assert_close(features, reference, rtol=1e-12, atol=0)
+    weights = torch.randn_like(reference)
+    (grad,) = torch.autograd.grad((features * weights).sum(), x)
+    (expected,) = torch.autograd.grad((reference * weights).sum(), x)
+    torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(
+        lambda t: favor_features(t, w, is_query=is_query, stabilise=False), (x[:1, :1, :3],)
+    )

@@ -54,16 +54,22 @@ def favor_features(
     ``s`` is a detached max of the exponent (per token for queries, per (batch, head) for keys);
     it cancels in the attention ratio and keeps ``exp`` in range (``stabilise=False`` gives the
     raw unbiased features, for tests). Computed in float32 (float64 if given) under autocast.
+    Few passes over the ``[..., N, m]`` exponent: ``d^-1/4`` is folded into the small
+    projection, ``m^-1/2`` into the exponent, and the subtractions and ``exp`` run in place
+    (autograd-safe: matmul and subtraction do not save their outputs, ``exp`` saves its own).
     """
     compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     with torch.autocast(device_type=x.device.type, enabled=False):
-        x = x.to(compute_dtype) * x.shape[-1] ** -0.25
-        w = projection.to(device=x.device, dtype=compute_dtype)
-        exponent = x @ w.T - 0.5 * (x * x).sum(dim=-1, keepdim=True)
+        x = x.to(compute_dtype)
+        scale = x.shape[-1] ** -0.25
+        w = projection.to(device=x.device, dtype=compute_dtype) * scale
+        exponent = x @ w.T
+        exponent.sub_((x * x).sum(dim=-1, keepdim=True), alpha=0.5 * scale * scale)
+        shift = 0.5 * math.log(w.shape[0])
         if stabilise:
             dims = (-1,) if is_query else (-2, -1)
-            exponent = exponent - exponent.detach().amax(dim=dims, keepdim=True)
-        return torch.exp(exponent) * projection.shape[0] ** -0.5
+            shift = exponent.detach().amax(dim=dims, keepdim=True) + shift
+        return exponent.sub_(shift).exp_()
 
 
 def relu_features(x: Tensor, projection: Tensor | None = None, eps: float = 1e-3) -> Tensor:

@@ -23,7 +23,6 @@ import torch.nn.functional as F
 
 from rpevit import create_model
 from rpevit.attention import favor_attention, orthogonal_gaussian_projection
-from rpevit.bench.candidates import favor_attention_inplace
 from rpevit.bench.common import (
     BenchContext,
     fmt,
@@ -89,7 +88,7 @@ def _fwd_bwd(fn, inputs: list[torch.Tensor]):
 
 
 def favor_rows(s: dict, ctx: BenchContext) -> list[dict]:
-    """FAVOR+ ours (and the proposed in-place form) vs FastAttention vs SDPA at each N."""
+    """FAVOR+ ours vs FastAttention vs SDPA at each N."""
     have = installed(PACKAGES["performer-pytorch"])
     if have:
         from performer_pytorch import FastAttention
@@ -102,8 +101,7 @@ def favor_rows(s: dict, ctx: BenchContext) -> list[dict]:
         generator = torch.Generator().manual_seed(ctx.seed)
         q, k = (torch.randn(batch, h, tokens, d, generator=generator) * sigma for _ in range(2))
         v = torch.randn(batch, h, tokens, d, generator=generator)
-        estimators = {"ours favor_attention": favor_attention,
-                      "proposed: in-place features": favor_attention_inplace}  # fmt: skip
+        estimators = {"ours favor_attention": favor_attention}
         if ctx.compile:
             estimators["ours + torch.compile"] = compiled_favor
         if have:
@@ -247,20 +245,16 @@ def summarise(record: dict) -> dict:
         if ours and theirs:
             speedups[n] = ratio(theirs["time_ms"], ours["time_ms"])
             error_ok[n] = ours["rel_error"] <= theirs["rel_error"] * (1 + 1e-3)
-    proposed, compiled = {}, {}
+    compiled = {}
     for n in record["settings"]["tokens"]:
         ours = fav.get(("ours favor_attention", n))
         theirs = fav.get(("performer-pytorch FastAttention", n))
-        for name, out in (("proposed: in-place features", proposed),
-                          ("ours + torch.compile", compiled)):  # fmt: skip
-            new = fav.get((name, n))
-            if new and ours:
-                out[n] = {
-                    "vs_ours": ratio(ours["time_ms"], new["time_ms"]),
-                    "vs_fastattention": ratio(theirs["time_ms"], new["time_ms"])
-                    if theirs
-                    else None,
-                }
+        new = fav.get(("ours + torch.compile", n))
+        if new and ours:
+            compiled[n] = {
+                "vs_ours": ratio(ours["time_ms"], new["time_ms"]),
+                "vs_fastattention": ratio(theirs["time_ms"], new["time_ms"]) if theirs else None,
+            }
     large = [n for n in speedups if n >= 1024]
     vit = {r["impl"]: r.get("images_per_s") for r in record["vit"]}
     vit_ratio = ratio(vit.get("ours softmax-ape"), vit.get("vit-pytorch ViT"))
@@ -269,7 +263,6 @@ def summarise(record: dict) -> dict:
         "favor_error_not_worse": error_ok,
         "favor_target_pass": all(speedups[n] >= 1.3 and error_ok[n] for n in large)
         if large else None,
-        "proposed_inplace_speedup": proposed,
         "compiled_speedup": compiled,
         "vit_throughput_ratio": vit_ratio,
         "vit_target_pass": None if vit_ratio is None else vit_ratio >= 1.0,
@@ -339,11 +332,6 @@ def markdown(record: dict) -> str:
             f"N={n}: {fmt(x['vs_ours'], 2)}x / {fmt(x['vs_fastattention'], 2)}x"
             for n, x in summary["compiled_speedup"].items()
         ) or "not run"),
-        "- proposed in-place FAVOR+ features (rpevit.bench.candidates), speed-up over ours / "
-        "over FastAttention: " + ", ".join(
-            f"N={n}: {fmt(x['vs_ours'], 2)}x / {fmt(x['vs_fastattention'], 2)}x"
-            for n, x in summary["proposed_inplace_speedup"].items()
-        ),
         f"- our ViT / vit-pytorch training throughput: {fmt(summary['vit_throughput_ratio'], 3)}x"
         f" (target >= 1): {verdict(summary['vit_target_pass'])}",
     ])  # fmt: skip
