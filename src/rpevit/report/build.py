@@ -12,7 +12,7 @@ import numpy as np
 from rpevit.atomic import atomic_write
 from rpevit.data import load_dataset
 from rpevit.data.augment import normalize
-from rpevit.errors import ConfigError, RpevitError
+from rpevit.errors import RpevitError
 from rpevit.metrics import write_json_atomic
 from rpevit.report.attention import cls_attention_map
 from rpevit.report.plots import (
@@ -94,14 +94,13 @@ def build_report(
     attention maps are drawn; without the data the attention figure is skipped with a note.
     """
     runs_dirs = [Path(runs_dir)] if isinstance(runs_dir, str | Path) else list(map(Path, runs_dir))
-    if not runs_dirs:
-        raise ConfigError("no runs folder given")
+    runs, notes = load_runs(*runs_dirs)  # also refuses an empty list of folders
     out = Path(out_dir) if out_dir is not None else runs_dirs[0] / "report"
-    runs, notes = load_runs(*runs_dirs)
     out.mkdir(parents=True, exist_ok=True)
     rows = summarise(runs)
     dataset = runs[0].dataset
     ablation = ablation_rows(rows)
+    comparison = init_comparison(rows)
     transfer = transfer_table(runs)
 
     plots = [
@@ -135,7 +134,17 @@ def build_report(
 
     title = f"Results: {dataset}, {len(runs)} runs of {len(rows)} variants"
     with atomic_write(out / "results.md", "w") as f:
-        f.write(markdown(rows, title, notes, [str(p) for p in plots], transfer=transfer))
+        f.write(
+            markdown(
+                rows,
+                title,
+                notes,
+                [str(p) for p in plots],
+                ablation=ablation,
+                comparison=comparison,
+                transfer=transfer,
+            )
+        )
     write_csv(rows, out / "results.csv")
     summary = {
         "runs_dirs": [str(d) for d in runs_dirs],
@@ -144,7 +153,7 @@ def build_report(
         "rows": rows,
         "gap_closed": gap_closed_table(rows),
         "feature_ablation": ablation,
-        "init_comparison": init_comparison(rows),
+        "init_comparison": comparison,
         "resolution_transfer": transfer,
         "notes": notes,
         "files": [str(out / "results.md"), str(out / "results.csv"), *map(str, plots)],

@@ -38,10 +38,10 @@ def kernels_and_positions(models: Sequence[str]) -> tuple[list[str], list[str]]:
     return kernels, positions
 
 
-def _style(variant: str, models: Sequence[str]) -> dict[str, Any]:
+def _style(model: str, models: Sequence[str], plain: bool = True) -> dict[str, Any]:
     """Colour by position, line style and marker by kernel; variants other than the plain model
-    (an explicit m, or initialised from a checkpoint) are drawn lighter with an ``x``."""
-    model = variant.split(" ")[0]
+    (``plain=False``: explicit options or m, or initialised from a checkpoint) are drawn
+    lighter with an ``x``."""
     kernels, positions = kernels_and_positions(models)
     kernel, _, position = model.partition("-")
     k, p = kernels.index(kernel), positions.index(position)
@@ -50,7 +50,7 @@ def _style(variant: str, models: Sequence[str]) -> dict[str, Any]:
         "linestyle": LINE_STYLES[k % len(LINE_STYLES)],
         "marker": MARKERS[k % len(MARKERS)],
     }
-    if variant != model:
+    if not plain:
         style.update(marker="x", alpha=0.7)
     return style
 
@@ -71,25 +71,24 @@ def plot_curves(runs: Sequence[Run], path: Path) -> Path | None:
             by_model.setdefault(run.variant, []).append(run)
     if not by_model:
         return None
-    bases = [variant.split(" ")[0] for variant in by_model]
-    models = sorted(by_model, key=lambda v: (model_order(bases).index(v.split(" ")[0]), v))
+    bases = [group[0].model for group in by_model.values()]
+    order = model_order(bases)
+    variants = sorted(by_model, key=lambda v: (order.index(by_model[v][0].model), v))
     fig = Figure(figsize=(13, 5), layout="constrained")
     loss_ax, acc_ax = fig.subplots(1, 2)
-    for model in models:
-        epochs = sorted({e for run in by_model[model] for e in run.curves})
+    for variant in variants:
+        group = by_model[variant]
+        style = _style(group[0].model, bases, plain=variant == group[0].model)
+        epochs = sorted({e for run in group for e in run.curves})
         for ax, key, scale in ((loss_ax, "val_loss", 1.0), (acc_ax, "val_acc", 100.0)):
             points = [
                 (e + 1, np.mean(values) * scale)
                 for e in epochs
-                if (
-                    values := [
-                        r.curves[e][key] for r in by_model[model] if key in r.curves.get(e, {})
-                    ]
-                )
+                if (values := [r.curves[e][key] for r in group if key in r.curves.get(e, {})])
             ]
             if points:
                 x, y = zip(*points, strict=True)
-                ax.plot(x, y, label=model, markersize=4, **_style(model, bases))
+                ax.plot(x, y, label=variant, markersize=4, **style)
     loss_ax.set(title="Validation loss", xlabel="epoch", ylabel="cross-entropy")
     acc_ax.set(title="Validation accuracy", xlabel="epoch", ylabel="accuracy (%)")
     for ax in (loss_ax, acc_ax):
@@ -115,7 +114,7 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
     fig = Figure(figsize=(9, 6), layout="constrained")
     ax = fig.subplots()
     for row in rows:
-        style = _style(row["variant"], models)
+        style = _style(row["model"], models, plain=row["variant"] == row["model"])
         ax.errorbar(
             row["inference_ms_per_sample_mean"],
             100 * row["test_accuracy_mean"],
@@ -255,8 +254,9 @@ def plot_feature_ablation(
     models = [r["model"] for r in (*ablation, *references)]
     fig = Figure(figsize=(15, 4.5), layout="constrained")
     axes = fig.subplots(1, len(panels))
+    families = {r["family"]: r["model"] for r in ablation}  # in table order
     for ax, (key, scale, label) in zip(axes, panels, strict=True):
-        for family in dict.fromkeys(r["family"] for r in ablation):
+        for family, model in families.items():
             points = [
                 (r["nb_features"], scale * r[f"{key}_mean"], r[f"{key}_std"])
                 for r in ablation
@@ -266,8 +266,7 @@ def plot_feature_ablation(
                 continue
             m, y, std = zip(*points, strict=True)
             err = None if any(e is None for e in std) else [scale * e for e in std]
-            style = _style(family.split(" ")[0], models)
-            ax.errorbar(m, y, yerr=err, label=family, capsize=3, **style)
+            ax.errorbar(m, y, yerr=err, label=family, capsize=3, **_style(model, models))
         for row in references:
             if row[f"{key}_mean"] is not None:
                 ax.axhline(
@@ -291,13 +290,12 @@ def plot_resolution(transfer: dict[str, Any], path: Path) -> Path | None:
     accuracy = transfer["accuracy"]
     if not accuracy:
         return None
-    variants = transfer["variants"]
-    models = [variant.split(" ")[0] for variant in variants.values()]
+    variants, models = transfer["variants"], transfer["models"]
     fig = Figure(figsize=(9, 5.5), layout="constrained")
     ax = fig.subplots()
     for label, points in accuracy.items():
         sizes = sorted(points)
-        style = _style(variants[label], models)
+        style = _style(models[label], list(models.values()), variants[label] == models[label])
         ax.plot(sizes, [100 * points[s] for s in sizes], label=label, **style)
     for size in transfer["trained_image_sizes"]:
         ax.axvline(size, color="grey", linewidth=1, linestyle=":")

@@ -155,9 +155,9 @@ def load_runs(*runs_dirs: str | Path) -> tuple[list[Run], list[str]]:
             raise ConfigError(f"runs folder {runs_dir} does not exist")
         for metrics_file in sorted(runs_dir.rglob("metrics.json")):
             run_dir = metrics_file.parent
-            if run_dir.resolve() in seen:
+            if (resolved := run_dir.resolve()) in seen:  # a folder reached twice
                 continue
-            seen.add(run_dir.resolve())
+            seen.add(resolved)
             metrics = read_metrics(run_dir)
             if metrics is None:
                 notes.append(f"{run_dir}: metrics.json is incomplete or invalid, left out")
@@ -186,7 +186,6 @@ def _consistency_notes(runs: list[Run]) -> list[str]:
     """Notes on settings that differ between runs (they would be averaged or compared as if
     equal) and on variants with a seed run more than once. What tells variants apart (feature
     options, initial weights, and the epochs of runs that continue another) is no difference."""
-
     notes = []
     for key in GRID_IDENTITY:
         if key in ("model", "seed", "init_from", "model_options"):

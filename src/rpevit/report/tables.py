@@ -251,10 +251,11 @@ def transfer_table(runs: Sequence[Run]) -> dict[str, Any]:
     modes = {run.transfer["resize_mode"] for run in evaluated}
     values: dict[str, dict[int, list[float]]] = {}
     variants: dict[str, str] = {}
+    models: dict[str, str] = {}
     trained: set[int] = set()
     for run in evaluated:
         label = run.variant + (f" ({run.transfer['resize_mode']})" if len(modes) > 1 else "")
-        variants[label] = run.variant
+        variants[label], models[label] = run.variant, run.model
         size = run.transfer.get("trained_image_size")
         if isinstance(size, list) and size:
             trained.add(int(size[0]))
@@ -263,7 +264,6 @@ def transfer_table(runs: Sequence[Run]) -> dict[str, Any]:
                 values.setdefault(label, {}).setdefault(int(point["image_size"]), []).append(
                     point["test_accuracy"]
                 )
-    models = {label: variant.split(" ")[0] for label, variant in variants.items()}
     order = {model: i for i, model in enumerate(model_order(models.values()))}
     accuracy = {
         label: {size: sum(v) / len(v) for size, v in sorted(values[label].items())}
@@ -273,6 +273,7 @@ def transfer_table(runs: Sequence[Run]) -> dict[str, Any]:
         "resize_modes": sorted(modes),
         "trained_image_sizes": sorted(trained),
         "variants": variants,
+        "models": models,
         "accuracy": accuracy,
     }
 
@@ -391,6 +392,8 @@ def markdown(
     notes: Sequence[str],
     plots: Sequence[str],
     *,
+    ablation: Sequence[dict[str, Any]] = (),
+    comparison: Sequence[dict[str, Any]] = (),
     transfer: dict[str, Any] | None = None,
 ) -> str:
     """``results.md``: a quality table (accuracy, fit, gaps), a cost table, the gap-closed
@@ -454,7 +457,6 @@ def markdown(
         "## Gap closed by relative position encodings",
         closed_table,
     ]
-    ablation = ablation_rows(rows)
     if ablation:
         parts += [
             "## Random-feature ablation",
@@ -464,7 +466,6 @@ def markdown(
             "exact-attention reference. On CPU peak memory is the process's peak RSS, which "
             "for small models is mostly data and framework, not attention.",
         ]
-    comparison = init_comparison(rows)
     if comparison:
         parts += [
             "## From scratch vs from a softmax checkpoint",
