@@ -234,9 +234,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         "--resize-mode",
         choices=RESIZE_MODES,
         default="pad",
-        help="pad: zero border, the image centred to the nearest whole patch (objects keep "
-        "their pixel size, patches their content); upscale: bilinear resize (objects grow "
-        "with the image) (default: pad)",
+        help="pad: zero border, the image at its centring offset rounded down to whole "
+        "patches (objects keep their pixel size, patches their content); upscale: bilinear "
+        "resize (objects grow with the image) (default: pad)",
     )
     parser.add_argument(
         "--out",
