@@ -78,7 +78,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--depth", type=int)
     g.add_argument("--heads", type=int)
     g.add_argument("--mlp-dim", type=int)
-    g.add_argument("--nb-features", type=int, help="random/ReLU features per head (FAVOR+, ReLU)")
+    g.add_argument(
+        "--nb-features",
+        type=int,
+        help="features per head m (FAVOR+, learnable, ReLU with a learned projection)",
+    )
     g.add_argument("--redraw-interval", type=int, help="FAVOR+ feature redraw period in steps")
     g.add_argument("--qk-norm", action="store_true", default=None, help="l2-normalise q and k")
     g.add_argument("--pool", help="cls or mean")
