@@ -253,10 +253,10 @@ def test_rpe_table_resizes_by_clamping_offsets():
     rpe = KernelizedRPE(1, (2, 2))
     with torch.no_grad():
         rpe.table.copy_(torch.arange(9.0).reshape(1, 3, 3))
-    bigger = rpe.relative_logits(TokenGrid(3, 3))
+    bigger = rpe.relative_table(TokenGrid(3, 3))
     assert bigger.shape == (1, 5, 5)
     assert torch.equal(bigger[0, 2], torch.tensor([3.0, 3.0, 4.0, 5.0, 5.0]))  # offset 0 row
-    assert torch.equal(rpe.relative_logits(TokenGrid(1, 2))[0], rpe.table[0, 1:2])
+    assert torch.equal(rpe.relative_table(TokenGrid(1, 2))[0], rpe.table[0, 1:2])
 
 
 @pytest.mark.parametrize("position", list(POSITIONS))

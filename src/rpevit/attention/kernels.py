@@ -1,9 +1,10 @@
 """Attention kernels: how query-key similarity is computed (DESIGN.md section 3).
 
 Every kernel takes rotated ``q, k`` and ``v`` of shape ``[B, h, N, d]`` plus the position
-encoding's relative logits (or None) and returns ``[B, h, N, d]``. The softmax kernel turns
-relative logits into an additive SDPA bias; linear kernels turn them into multiplicative
-Toeplitz weights ``exp(b)``.
+encoding's relative weights (:class:`~rpevit.positions.base.RelativeWeights`, or None) and
+returns ``[B, h, N, d]``. The softmax kernel asks the weights for exact softmax attention with
+their logit bias; linear kernels hand them their feature maps, to apply as multiplicative
+weights.
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ from rpevit.attention.functional import (
     relu_features,
     softmax_attention,
 )
-from rpevit.attention.toeplitz import dense_relative_matrix, rpe_linear_attention
-from rpevit.positions.base import TokenGrid
+from rpevit.positions.base import RelativeWeights, TokenGrid
 
 
 def random_feature_count(head_dim: int, nb_features: int | None) -> int:
@@ -34,7 +34,7 @@ def random_feature_count(head_dim: int, nb_features: int | None) -> int:
 
 
 class AttentionKernel(nn.Module):
-    """Base class; subclasses implement ``forward(q, k, v, relative_logits, grid)``."""
+    """Base class; subclasses implement ``forward(q, k, v, relative, grid)``."""
 
     @property
     def feature_count(self) -> int | None:
@@ -42,21 +42,18 @@ class AttentionKernel(nn.Module):
         return None
 
     def forward(
-        self, q: Tensor, k: Tensor, v: Tensor, relative_logits: Tensor | None, grid: TokenGrid
+        self, q: Tensor, k: Tensor, v: Tensor, relative: RelativeWeights | None, grid: TokenGrid
     ) -> Tensor:
         raise NotImplementedError
 
 
 class SoftmaxKernel(AttentionKernel):
-    """Exact softmax attention through SDPA; relative logits become a float ``attn_mask``."""
+    """Exact softmax attention through SDPA; relative weights add their logit bias."""
 
-    def forward(self, q, k, v, relative_logits, grid):
-        bias = None
-        if relative_logits is not None:
-            bias = dense_relative_matrix(
-                relative_logits, grid.height, grid.width, grid.num_prefix, fill=0.0
-            ).unsqueeze(0)
-        return softmax_attention(q, k, v, bias)
+    def forward(self, q, k, v, relative, grid):
+        if relative is None:
+            return softmax_attention(q, k, v)
+        return relative.softmax(q, k, v)
 
 
 class LinearKernel(AttentionKernel):
@@ -71,12 +68,11 @@ class LinearKernel(AttentionKernel):
     def features(self, x: Tensor, is_query: bool) -> Tensor:
         raise NotImplementedError
 
-    def forward(self, q, k, v, relative_logits, grid):
+    def forward(self, q, k, v, relative, grid):
         qf, kf = self.features(q, is_query=True), self.features(k, is_query=False)
-        if relative_logits is None:
+        if relative is None:
             return linear_attention(qf, kf, v)
-        grid_spec = (grid.height, grid.width, grid.num_prefix)
-        return rpe_linear_attention(qf, kf, v, relative_logits, grid_spec, self.rpe_method)
+        return relative.linear(qf, kf, v, self.rpe_method)
 
 
 class FavorKernel(LinearKernel):
@@ -122,13 +118,13 @@ class FavorKernel(LinearKernel):
     def features(self, x: Tensor, is_query: bool) -> Tensor:
         return favor_features(x, self.projection, is_query=is_query)
 
-    def forward(self, q, k, v, relative_logits, grid):
+    def forward(self, q, k, v, relative, grid):
         if self.training and self.redraw_interval > 0:
             step = int(self.steps)
             if step > 0 and step % self.redraw_interval == 0:
                 self.redraw(step // self.redraw_interval)
             self.steps += 1
-        return super().forward(q, k, v, relative_logits, grid)
+        return super().forward(q, k, v, relative, grid)
 
 
 class ReluKernel(LinearKernel):

@@ -56,8 +56,8 @@ class LinformerKernel(AttentionKernel):
             self.proj_k = SequenceProjection(num_tokens, k)
             self.proj_v = None if sharing == "key-value" else SequenceProjection(num_tokens, k)
 
-    def forward(self, q, k, v, relative_logits: Tensor | None, grid: TokenGrid) -> Tensor:
-        if relative_logits is not None:
+    def forward(self, q, k, v, relative, grid: TokenGrid) -> Tensor:
+        if relative is not None:
             raise ValueError("Linformer mixes tokens along the sequence: RPE does not apply")
         proj_v = self.proj_v if self.proj_v is not None else self.proj_k
         return softmax_attention(q, self.proj_k(k), proj_v(v))

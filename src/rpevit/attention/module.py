@@ -14,7 +14,7 @@ from rpevit.positions.base import PositionEncoding, TokenGrid
 
 
 class Attention(nn.Module):
-    """``qkv -> [q/k l2-norm] -> position.rotate -> kernel(+relative logits) -> proj``.
+    """``qkv -> [q/k l2-norm] -> position.rotate -> kernel(+relative weights) -> proj``.
 
     ``qk_norm`` (Luo et al. 2021, sec. 3.3) l2-normalises q and k and scales their product by a
     learnable per-head temperature ``tau`` (init 4), so the logits are ``tau * cos(q, k)``: the
@@ -48,5 +48,5 @@ class Attention(nn.Module):
             scale = (self.qk_log_temperature.exp() ** 0.5) * self.head_dim**0.25
             q, k = F.normalize(q, dim=-1) * scale, F.normalize(k, dim=-1) * scale
         q, k = self.position.rotate(q, k, grid)
-        out = self.kernel(q, k, v, self.position.relative_logits(grid), grid)
+        out = self.kernel(q, k, v, self.position.relative_weights(grid), grid)
         return self.proj_dropout(self.proj(rearrange(out, "b h n d -> b n (h d)")))

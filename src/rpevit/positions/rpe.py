@@ -6,7 +6,25 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from rpevit.positions.base import PositionEncoding, TokenGrid
+from rpevit.attention.toeplitz import dense_relative_matrix, rpe_linear_attention
+from rpevit.positions.base import PositionEncoding, RelativeWeights, TokenGrid
+
+
+class ToeplitzWeights(RelativeWeights):
+    """Weights from a free per-head table ``[h, 2H-1, 2W-1]`` indexed by offset: a dense bias for
+    softmax, the exact block-Toeplitz product (quadratic or FFT form) for linear attention."""
+
+    def __init__(self, table: Tensor, grid: TokenGrid) -> None:
+        self.table, self.grid = table, grid
+
+    def dense_logits(self) -> Tensor:
+        g = self.grid
+        return dense_relative_matrix(self.table, g.height, g.width, g.num_prefix, fill=0.0)
+
+    def linear(self, q_features: Tensor, k_features: Tensor, v: Tensor, method: str) -> Tensor:
+        g = self.grid
+        spec = (g.height, g.width, g.num_prefix)
+        return rpe_linear_attention(q_features, k_features, v, self.table, spec, method)
 
 
 class KernelizedRPE(PositionEncoding):
@@ -21,7 +39,8 @@ class KernelizedRPE(PositionEncoding):
         self.grid_size = grid_size
         self.table = nn.Parameter(torch.zeros(heads, 2 * grid_size[0] - 1, 2 * grid_size[1] - 1))
 
-    def relative_logits(self, grid: TokenGrid) -> Tensor:
+    def relative_table(self, grid: TokenGrid) -> Tensor:
+        """The ``[h, 2H-1, 2W-1]`` table for ``grid`` (clamped or cropped off the trained grid)."""
         h0, w0 = self.grid_size
         if (grid.height, grid.width) == (h0, w0):
             return self.table
@@ -33,3 +52,6 @@ class KernelizedRPE(PositionEncoding):
             0, 2 * w0 - 2
         )
         return self.table[:, rows][:, :, cols]
+
+    def relative_weights(self, grid: TokenGrid) -> ToeplitzWeights:
+        return ToeplitzWeights(self.relative_table(grid), grid)

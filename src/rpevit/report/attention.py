@@ -20,7 +20,6 @@ from torch import Tensor, nn
 
 from rpevit.attention.kernels import LinearKernel, SoftmaxKernel
 from rpevit.attention.module import Attention
-from rpevit.attention.toeplitz import dense_relative_matrix
 from rpevit.positions.base import TokenGrid
 
 
@@ -31,10 +30,9 @@ def attention_weights(attn: Attention, x: Tensor, grid: TokenGrid) -> Tensor:
         scale = (attn.qk_log_temperature.exp() ** 0.5) * attn.head_dim**0.25
         q, k = F.normalize(q, dim=-1) * scale, F.normalize(k, dim=-1) * scale
     q, k = attn.position.rotate(q, k, grid)
-    logits = attn.position.relative_logits(grid)
-    bias = None
-    if logits is not None:  # prefix (CLS) rows and columns get 0: no relative treatment
-        bias = dense_relative_matrix(logits, grid.height, grid.width, grid.num_prefix, fill=0.0)
+    relative = attn.position.relative_weights(grid)
+    # prefix (CLS) rows and columns get 0: no relative treatment
+    bias = None if relative is None else relative.dense_logits()
     kernel = attn.kernel
     if isinstance(kernel, SoftmaxKernel):
         scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
