@@ -10,6 +10,8 @@ A run lives in one folder (``<out>/<run_name>``)::
     logs/tensorboard/          TensorBoard events (a resumed run appends)
     logs/csv/version_<k>/      metrics.csv per start (0: first, 1: first resume, ...)
     metrics.json               test metrics of best.ckpt (DESIGN.md section 6)
+    test_predictions.npz       per test image (test-set order) of best.ckpt: true label,
+                               predicted class, log-probability of the true class
 
 Every file is written atomically (temporary file + ``os.replace``), so a run killed at any
 point (even with SIGKILL) resumes with ``--resume`` and ends with the same metrics as an
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -34,7 +37,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_only
 from torch.nn.parallel import DistributedDataParallel
 
-from rpevit.atomic import remove_stale_temporaries
+from rpevit.atomic import atomic_write, remove_stale_temporaries
 from rpevit.data import DatasetSpec, ImageDataModule, InMemoryLoader, Split, get_spec
 from rpevit.data.augment import BatchTransform, normalize
 from rpevit.errors import CheckpointError, ConfigError, NonFiniteLossError
@@ -67,6 +70,9 @@ from rpevit.training.config import (
     resolve_config,
 )
 from rpevit.training.module import ImageClassifier
+
+#: Per-image test predictions of a run's best checkpoint, beside metrics.json (for paired tests).
+PREDICTIONS = "test_predictions.npz"
 
 #: How images are brought to another resolution by ``evaluate(image_sizes=...)``.
 RESIZE_MODES = ("pad", "upscale")
@@ -275,6 +281,7 @@ def train(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[L.Call
         datamodule=datamodule,
         device=trainer.strategy.root_device,
         inference_batch_size=config.inference_batch_size,
+        predictions_out=run_dir / PREDICTIONS,
     )
     metrics["train_seconds_per_epoch"] = timer.mean_seconds
     metrics["train_seconds_epochs"] = timer.epoch_seconds
@@ -307,6 +314,21 @@ def predict(model: torch.nn.Module, loader: InMemoryLoader) -> tuple[torch.Tenso
         logits.append(model(images).float().cpu())
         labels.append(y.cpu())
     return torch.cat(logits), torch.cat(labels)
+
+
+def write_predictions(
+    path: str | os.PathLike[str], logits: torch.Tensor, labels: torch.Tensor
+) -> None:
+    """Write ``labels``, ``predicted`` (argmax, int64) and ``true_log_prob`` (float64 log-softmax
+    of the true class) per test image, atomically, as an ``.npz``: what paired tests need."""
+    log_probs = torch.log_softmax(logits.double(), dim=-1)
+    with atomic_write(path) as f:
+        np.savez(
+            f,
+            labels=labels.long().numpy(),
+            predicted=logits.argmax(dim=-1).long().numpy(),
+            true_log_prob=log_probs.gather(1, labels.long()[:, None])[:, 0].numpy(),
+        )
 
 
 def _timer_state(checkpoint: Mapping[str, Any]) -> EpochTimer | None:
@@ -423,6 +445,7 @@ def evaluate_checkpoint(
     max_test_samples: int | None = None,
     image_sizes: Sequence[int] = (),
     resize_mode: str = "pad",
+    predictions_out: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """All DESIGN.md section 6 metrics of one checkpoint on its data set's val and test splits.
 
@@ -432,6 +455,7 @@ def evaluate_checkpoint(
     CUDA if available). Timing of training epochs comes from the checkpoint's
     :class:`EpochTimer` state. ``image_sizes`` adds a ``resolution_transfer`` record: test
     accuracy with the images resized by ``resize_mode`` (see :func:`resize_images`).
+    ``predictions_out`` also writes the per-image test predictions (:func:`write_predictions`).
     """
     ckpt_path = Path(ckpt_path)
     checkpoint = load_checkpoint(ckpt_path)
@@ -481,6 +505,8 @@ def evaluate_checkpoint(
     val_logits, val_labels = predict(model, loader(data.val))
     test_logits, test_labels = predict(model, loader(data.test))
     scores = classification_metrics(test_logits, test_labels, spec.num_classes, spec.class_names)
+    if predictions_out is not None:
+        write_predictions(predictions_out, test_logits, test_labels)
     val_scores = classification_metrics(val_logits, val_labels, spec.num_classes)
     transfer = None
     if image_sizes:
@@ -551,8 +577,11 @@ def evaluate(
     out: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run's best checkpoint (or a given checkpoint file); write JSON to ``out`` if
-    given. For a run folder, training time per epoch is read from its ``last.ckpt``."""
+    given. For a run folder, training time per epoch is read from its ``last.ckpt``, and when
+    evaluated on its own test set (no ``dataset`` / ``max_test_samples``) its
+    ``test_predictions.npz`` is (re)written."""
     ckpt = find_checkpoint(run_dir_or_ckpt)
+    own_test_set = Path(run_dir_or_ckpt).is_dir() and dataset is None and max_test_samples is None
     metrics = evaluate_checkpoint(
         ckpt,
         dataset=dataset,
@@ -562,6 +591,7 @@ def evaluate(
         max_test_samples=max_test_samples,
         image_sizes=image_sizes,
         resize_mode=resize_mode,
+        predictions_out=Path(run_dir_or_ckpt) / PREDICTIONS if own_test_set else None,
     )
     last = ckpt.parent / LAST
     if last.is_file() and last != ckpt:
