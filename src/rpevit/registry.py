@@ -21,6 +21,7 @@ from rpevit.attention.kernels import (
 from rpevit.attention.linformer import LinformerKernel, SequenceProjection
 from rpevit.models.vit import VisionTransformer, ViTConfig
 from rpevit.positions import AbsoluteOnly, CirculantString, KernelizedRPE, PositionEncoding, Rope2D
+from rpevit.positions.frpe import DEFAULT_TERMS, FourierRPE
 from rpevit.positions.gates import PositionGate
 
 
@@ -55,6 +56,12 @@ KERNELS: dict[str, tuple[Callable[..., AttentionKernel], tuple[str, ...]]] = {
 POSITIONS: dict[str, tuple[Callable[..., PositionEncoding], tuple[str, ...]]] = {
     "ape": (lambda config: AbsoluteOnly(), ()),
     "rpe": (lambda config: KernelizedRPE(config.heads, config.grid_size), ()),
+    "frpe": (
+        lambda config, frpe_terms=DEFAULT_TERMS: FourierRPE(
+            config.heads, config.grid_size, frpe_terms
+        ),
+        ("frpe_terms",),
+    ),
     "string": (
         lambda config, string_base=100.0: CirculantString(
             config.head_dim, config.heads, string_base
@@ -83,7 +90,7 @@ POSITIONS: dict[str, tuple[Callable[..., PositionEncoding], tuple[str, ...]]] = 
 }
 
 #: Kernel/position pairs that do not make sense (Linformer mixes tokens: no pairwise RPE).
-INCOMPATIBLE = {("linformer", "rpe")}
+INCOMPATIBLE = {("linformer", "rpe"), ("linformer", "frpe")}
 
 #: The study's 12 core variants: {softmax, favor, relu} x {ape, rpe, string, rope}.
 CORE_MODELS = [
@@ -184,7 +191,8 @@ def create_model(
     Options: backbone ``pool`` ("cls"/"mean"), ``ape`` (bool), ``qk_norm``, ``dropout``,
     ``emb_dropout``; kernel ``nb_features``, ``redraw_interval``, ``feature_projection``,
     ``rpe_method``, ``linformer_k``, ``linformer_sharing``; position ``rope_mode``
-    ("axial"/"mixed"), ``rope_base``, ``string_base``.
+    ("axial"/"mixed"), ``rope_base``, ``string_base``, ``frpe_terms`` (cosine terms per head of
+    the Fourier RPE, >= 1).
     Options that do not apply to the chosen kernel/position are rejected.
     """
     kernel_name, position_name = parse_model_name(name)

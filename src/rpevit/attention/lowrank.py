@@ -1,0 +1,108 @@
+"""Linear attention re-weighted by a Fourier relative weight, in O(N) (DESIGN.md section 4).
+
+The weight between patch tokens at coordinates ``r_i``, ``r_j`` is, per head,
+``f(r_j - r_i)`` with ``f(D) = a_0 + sum_r a_r cos(w_r . D + s_r)`` and
+``a_0 = sum_r |a_r| + softplus(beta)``, so ``f >= softplus(beta) > 0``. The identity
+``cos(w.(r_j - r_i) + s) = cos(w.r_i) cos(w.r_j + s) + sin(w.r_i) sin(w.r_j + s)`` factorises
+the weight matrix exactly, ``C = U W^T`` of rank ``2R + 1`` (:func:`fourier_factors`), and masked
+linear attention becomes plain linear attention on the features ``phi(q_i) (x) U_i`` and
+``phi(k_j) (x) W_j`` (:func:`fourier_linear_attention`): O(N m R d), never an N x N tensor.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rpevit.attention.functional import DENOMINATOR_EPS
+
+
+def fourier_constant(amplitudes: Tensor, beta: Tensor) -> Tensor:
+    """The constant term ``a_0 = sum_r |a_r| + softplus(beta)`` per head ``[h]``."""
+    return amplitudes.abs().sum(-1) + F.softplus(beta)
+
+
+def fourier_weight(
+    offsets: Tensor, frequencies: Tensor, phases: Tensor, amplitudes: Tensor, beta: Tensor
+) -> Tensor:
+    """``f(D)`` per head, ``[h, *offsets.shape[:-1]]``, at (row, col) offsets ``[..., 2]``;
+    parameters: frequencies ``[h, R, 2]``, phases and amplitudes ``[h, R]``, beta ``[h]``."""
+    flat = offsets.reshape(-1, 2)
+    angle = flat @ frequencies.transpose(-1, -2) + phases[:, None]  # [h, K, R]
+    f = fourier_constant(amplitudes, beta)[:, None] + (amplitudes[:, None] * angle.cos()).sum(-1)
+    return f.reshape(-1, *offsets.shape[:-1])
+
+
+def fourier_factors(
+    coords: Tensor, frequencies: Tensor, phases: Tensor, amplitudes: Tensor, beta: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Exact factors ``U, W`` ``[h, N, 2R + 1]`` of ``C[i, j] = f(r_j - r_i) = U_i . W_j`` for
+    patch coordinates ``[N, 2]``: ``U_i = [a_0, cos(w.r_i), sin(w.r_i)]``,
+    ``W_j = [1, a cos(w.r_j + s), a sin(w.r_j + s)]``. ``W_j0 = 1``: column 0 is the plain sum."""
+    heads, _ = phases.shape
+    angle = coords @ frequencies.transpose(-1, -2)  # [h, N, R]
+    shifted = angle + phases[:, None]
+    a = amplitudes[:, None]
+    constant = fourier_constant(amplitudes, beta)[:, None, None].expand(heads, len(coords), 1)
+    u = torch.cat([constant, angle.cos(), angle.sin()], dim=-1)
+    w = torch.cat([torch.ones_like(constant), a * shifted.cos(), a * shifted.sin()], dim=-1)
+    return u, w
+
+
+def fourier_linear_attention(
+    q_features: Tensor,
+    k_features: Tensor,
+    v: Tensor,
+    coords: Tensor,
+    frequencies: Tensor,
+    phases: Tensor,
+    amplitudes: Tensor,
+    beta: Tensor,
+    num_prefix: int,
+) -> Tensor:
+    """Linear attention with weights ``c_ij = f(r_j - r_i)`` between patch tokens and ``c = 1``
+    to and from the ``num_prefix`` leading (CLS) tokens.
+
+    ``q_features``/``k_features``: ``[B, h, P+N, m]`` (non-negative), ``v``: ``[B, h, P+N, d]``,
+    ``coords``: patch coordinates ``[N, 2]``. With ``X_j = [v_j, 1]``, the contexts
+    ``S_rho = sum_j W_j,rho phi(k_j) X_j^T`` give ``out_i = sum_rho U_i,rho phi(q_i)^T S_rho``:
+    O(N m (2R+1) d) time, O(N (2R+1) d) extra memory. The true denominator is at least
+    ``softplus(beta) phi(q_i)^T z`` (``z``: plain sum of patch-key features) plus the prefix
+    part; the computed one is clamped to that bound, so rounding in the cancelling cosine
+    terms can never make it vanish or turn negative. Sums run in float32 (float64 if given).
+    """
+    prefix = num_prefix
+    if q_features.shape[-2] != coords.shape[0] + prefix:
+        raise ValueError(
+            f"token count {q_features.shape[-2]} does not match {coords.shape[0]} patch "
+            f"coordinates plus {prefix} prefix tokens"
+        )
+    with torch.autocast(device_type=v.device.type, enabled=False):
+        dtype = q_features.dtype
+        params = [p.to(dtype) for p in (frequencies, phases, amplitudes, beta)]
+        u, w = fourier_factors(coords.to(dtype), *params)  # [h, N, rho]
+        rank = u.shape[-1]
+        v_ext = F.pad(v.to(dtype), (0, 1), value=1.0)  # last column gives the denominator
+        e = v_ext.shape[-1]
+        q_p, k_p, x_p = q_features[:, :, prefix:], k_features[:, :, prefix:], v_ext[:, :, prefix:]
+        weighted = (w[..., None] * x_p[..., None, :]).flatten(-2)  # [B, h, N, rho * e]
+        context = k_p.transpose(-1, -2) @ weighted  # [B, h, m, rho * e]; block 0 plain
+        if prefix:
+            prefix_context = k_features[:, :, :prefix].transpose(-1, -2) @ v_ext[:, :, :prefix]
+            context = torch.cat([context, prefix_context], dim=-1)
+        y = q_p @ context  # [B, h, N, rho * e (+ e)]
+        blocks = y[..., : rank * e].unflatten(-1, (rank, e))
+        out_patch = torch.einsum("bhnre,hnr->bhne", blocks, u)
+        floor = F.softplus(params[3])[:, None, None] * blocks[..., 0, -1:]
+        if prefix:
+            from_prefix = y[..., rank * e :]
+            out_patch = out_patch + from_prefix
+            floor = floor + from_prefix[..., -1:]
+            plain = context[..., :e] + context[..., rank * e :]  # all keys, weight 1
+            out = torch.cat([q_features[:, :, :prefix] @ plain, out_patch], dim=2)
+            floor = torch.cat([out[:, :, :prefix, -1:], floor], dim=2)
+        else:
+            out = out_patch
+        denominator = torch.maximum(out[..., -1:], floor).clamp_min(DENOMINATOR_EPS)
+        return (out[..., :-1] / denominator).to(v.dtype)
