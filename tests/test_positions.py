@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -17,7 +19,12 @@ from rpevit.attention import (
 )
 from rpevit.attention.toeplitz import dense_relative_matrix
 from rpevit.positions import CirculantString, KernelizedRPE, Rope2D, TokenGrid
-from rpevit.positions.string import circulant_generator, string_rotate
+from rpevit.positions.gates import PositionGate
+from rpevit.positions.string import (
+    angles_to_first_column,
+    circulant_generator,
+    first_column_to_angles,
+)
 
 F64 = torch.float64
 
@@ -102,72 +109,167 @@ def test_rpe_fft_path_never_builds_an_n_by_n_tensor():
     assert mode.max_numel < n * n // 4
 
 
-def _relative_pair_products(rotate, a, b, shift):
-    """``(R(a) q) . (R(b) k)`` against the same with both coordinates shifted by ``shift``."""
-    q, k = torch.randn(1, 1, 1, 8, dtype=F64), torch.randn(1, 1, 1, 8, dtype=F64)
-    first = (rotate(q, a) * rotate(k, b)).sum()
-    second = (rotate(q, a + shift) * rotate(k, b + shift)).sum()
-    return first, second
-
-
-def _string_module(d=8, heads=1):
+def _string_module(d=8, heads=2):
+    """STRING moved away from its RoPE-like initialisation: generic angles on every bin."""
     module = CirculantString(d, heads).double()
-    with torch.no_grad():  # move away from the RoPE-like initialisation: a generic generator
-        module.c_row.add_(torch.randn_like(module.c_row) * 0.3)
-        module.c_col.add_(torch.randn_like(module.c_col) * 0.3)
+    with torch.no_grad():
+        module.freq_row.add_(torch.randn_like(module.freq_row) * 0.3)
+        module.freq_col.add_(torch.randn_like(module.freq_col) * 0.3)
     return module
 
 
-def test_string_rotation_is_orthogonal_relative_and_equals_matrix_exp():
-    d = 8
-    module = _string_module(d)
-    basis = torch.eye(d, dtype=F64)
-    coords = torch.tensor([[2.0, -3.0]], dtype=F64)
-    r = string_rotate(
-        basis[:, None, :].transpose(0, 1), coords.expand(d, 2), module.c_row, module.c_col
-    )[0].T  # column j = R e_j
-    torch.testing.assert_close(r.T @ r, torch.eye(d, dtype=F64))
-    generator = 2.0 * circulant_generator(module.c_row[0]) - 3.0 * circulant_generator(
-        module.c_col[0]
-    )
-    torch.testing.assert_close(r, torch.linalg.matrix_exp(generator), rtol=1e-10, atol=1e-10)
-    assert not torch.allclose(r, torch.eye(d, dtype=F64))
+def _mixed_rope_module(d=8, heads=2):
+    module = Rope2D(d, heads, "mixed").double()
+    with torch.no_grad():
+        module.freqs.add_(torch.randn_like(module.freqs) * 0.3)
+    return module
 
-    def rotate(x, pos):
-        return string_rotate(x, pos[None].to(F64), module.c_row, module.c_col)
 
-    first, second = _relative_pair_products(
-        rotate, torch.tensor([1.0, 2.0]), torch.tensor([4.0, -1.0]), torch.tensor([3.0, 5.0])
+ROTATIONS = {
+    "string": _string_module,
+    "rope": lambda: Rope2D(8, 2, "axial").double(),
+    "rope-mixed": _mixed_rope_module,
+}
+
+
+def _circulant(first_column):
+    """``C[i, j] = c[(i - j) mod d]``, written out."""
+    d = len(first_column)
+    return torch.stack(
+        [torch.stack([first_column[(i - j) % d] for j in range(d)]) for i in range(d)]
     )
-    torch.testing.assert_close(first, second)
+
+
+def _reference_generator(angles, d):
+    """The skew-symmetric circulant whose DFT eigenvalues are ``i angles_k`` on bins ``k = 1..``:
+    first column ``l[n] = -(2/d) sum_k angles_k sin(2 pi k n / d)``."""
+    n = torch.arange(d, dtype=F64)
+    bins = torch.arange(1, len(angles) + 1, dtype=F64)
+    column = -(2 / d) * (angles[:, None] * torch.sin(2 * math.pi * bins[:, None] * n / d)).sum(0)
+    return _circulant(column)
+
+
+def test_string_rotates_each_patch_by_the_matrix_exp_of_both_axes():
+    d, heads = 8, 2
+    module = _string_module(d, heads)
+    grid = TokenGrid(2, 3, num_prefix=1, origin=(3, -2))  # rows 3..4, columns -2..0
+    q, k = (torch.randn(2, heads, grid.num_tokens, d, dtype=F64) for _ in range(2))
+    rq, rk = module.rotate(q, k, grid)
+    assert torch.equal(rq[:, :, 0], q[:, :, 0]) and torch.equal(rk[:, :, 0], k[:, :, 0])
+    for h in range(heads):
+        generators = []
+        for angles in (module.freq_row[h].detach(), module.freq_col[h].detach()):
+            generators.append(_reference_generator(angles, d))
+            dense = circulant_generator(angles_to_first_column(angles, d))  # the module's helper
+            torch.testing.assert_close(dense, generators[-1], rtol=1e-12, atol=1e-12)
+        for t, (row, col) in enumerate(grid.coords(dtype=F64)):
+            r = torch.linalg.matrix_exp(row * generators[0] + col * generators[1])
+            torch.testing.assert_close(r.T @ r, torch.eye(d, dtype=F64))
+            assert (r - torch.eye(d, dtype=F64)).abs().max() > 0.1
+            for x, rx in ((q, rq), (k, rk)):
+                expected = x[:, h, 1 + t] @ r.T
+                torch.testing.assert_close(rx[:, h, 1 + t], expected, rtol=1e-10, atol=1e-10)
+
+
+def test_string_angles_and_first_columns_convert_both_ways():
+    angles = torch.randn(3, 7, dtype=F64)
+    for d in (15, 16):
+        column = angles_to_first_column(angles, d)
+        torch.testing.assert_close(first_column_to_angles(column), angles, rtol=0, atol=1e-12)
+        torch.testing.assert_close(column, -column[..., (-torch.arange(d)) % d])  # odd
+
+
+def test_string_every_parameter_acts_and_is_counted():
+    """No dead parameters: every angle moves the logits (a dense first column had d/2 + 1 of its
+    d entries per axis and head with gradient exactly 0)."""
+    d, heads = 16, 4
+    module = _string_module(d, heads)
+    assert {name: p.shape for name, p in module.named_parameters()} == {
+        "freq_row": (heads, d // 2 - 1),
+        "freq_col": (heads, d // 2 - 1),
+    }
+    grid = TokenGrid(3, 4, num_prefix=1)
+    q, k = (torch.randn(1, heads, grid.num_tokens, d, dtype=F64) for _ in range(2))
+    rq, rk = module.rotate(q, k, grid)
+    logits = rq @ rk.transpose(-1, -2)
+    (logits * torch.randn_like(logits)).sum().backward()
+    for name, p in module.named_parameters():
+        assert (p.grad.abs() > 1e-8).all(), (name, p.grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_string_loads_first_column_checkpoints_with_identical_outputs(dtype):
+    """A former checkpoint (learnable first columns ``c_row``, ``c_col`` ``[h, d]``) loads with
+    strict key checking and rotates exactly as the former first-column forward pass did."""
+    d, heads = 8, 2
+    attention = Attention(16, heads, SoftmaxKernel(), CirculantString(d, heads)).to(dtype)
+    c_row, c_col = (torch.randn(heads, d, dtype=dtype) for _ in range(2))
+    state = attention.state_dict()
+    del state["position.freq_row"], state["position.freq_col"]
+    state["position.c_row"], state["position.c_col"] = c_row, c_col
+    attention.load_state_dict(state)
+    grid = TokenGrid(3, 4, num_prefix=1, origin=(1, -2))
+    coords = grid.coords(dtype=dtype)
+    q, k = (torch.randn(2, heads, grid.num_tokens, d, dtype=dtype) for _ in range(2))
+    rq, rk = attention.position.rotate(q, k, grid)
+    phase = (
+        coords[:, 0, None] * 2 * torch.fft.rfft(c_row).imag[:, None]
+        + coords[:, 1, None] * 2 * torch.fft.rfft(c_col).imag[:, None]
+    )  # the former forward pass, verbatim
+    for x, rx in ((q, rq), (k, rk)):
+        spectrum = torch.fft.rfft(x[:, :, 1:]) * torch.polar(torch.ones_like(phase), phase)
+        assert torch.equal(rx[:, :, 1:], torch.fft.irfft(spectrum, n=d))
+    if dtype == F64:  # and that is exp(row (C_row - C_row^T) + col (C_col - C_col^T))
+        for h in range(heads):
+            generators = [_circulant(c[h]) - _circulant(c[h]).T for c in (c_row, c_col)]
+            (row, col) = coords[5]
+            r = torch.linalg.matrix_exp(row * generators[0] + col * generators[1])
+            torch.testing.assert_close(rq[:, h, 1 + 5], q[:, h, 1 + 5] @ r.T)
 
 
 @pytest.mark.parametrize("mode", ["axial", "mixed"])
-def test_rope_rotation_is_orthogonal_and_relative(mode):
-    module = Rope2D(8, heads=1, mode=mode).double()
-    grid = TokenGrid(1, 1, num_prefix=0)
+def test_rope_rotates_each_patch_by_reference_angles_of_both_axes(mode):
+    """Pairs ``(x_t, x_{t + d/2})`` turn by ``row theta_t`` (first d/4 pairs) and ``col theta_t``
+    (the others), ``theta_t = 100^(-t/(d/4))``; mixed: by ``row f_row + col f_col`` per head."""
+    d, heads = 8, 2
+    module = Rope2D(d, heads, "axial").double() if mode == "axial" else _mixed_rope_module()
+    grid = TokenGrid(2, 3, num_prefix=1, origin=(3, -2))
+    q, k = (torch.randn(2, heads, grid.num_tokens, d, dtype=F64) for _ in range(2))
+    rq, rk = module.rotate(q, k, grid)
+    assert torch.equal(rq[:, :, 0], q[:, :, 0]) and torch.equal(rk[:, :, 0], k[:, :, 0])
+    quarter, half = d // 4, d // 2
+    for h in range(heads):
+        for t, (row, col) in enumerate(grid.coords(dtype=F64)):
+            for p in range(half):
+                if mode == "axial":
+                    angle = (row if p < quarter else col) * 100.0 ** (-(p % quarter) / quarter)
+                else:
+                    angle = row * module.freqs[0, h, p] + col * module.freqs[1, h, p]
+                cos, sin = torch.cos(angle), torch.sin(angle)
+                for x, rx in ((q, rq), (k, rk)):
+                    a, b = x[:, h, 1 + t, p], x[:, h, 1 + t, p + half]
+                    torch.testing.assert_close(rx[:, h, 1 + t, p], a * cos - b * sin)
+                    torch.testing.assert_close(rx[:, h, 1 + t, p + half], a * sin + b * cos)
 
-    def rotate(x, pos):
-        shifted = TokenGrid(1, 1, num_prefix=0, origin=(int(pos[0]), int(pos[1])))
-        return module.rotate(x, x, shifted)[0]
 
-    first, second = _relative_pair_products(
-        rotate, torch.tensor([1.0, 2.0]), torch.tensor([4.0, -1.0]), torch.tensor([3.0, 5.0])
-    )
-    torch.testing.assert_close(first, second)
-    x = torch.randn(1, 1, 1, 8, dtype=F64)
-    rotated = rotate(x, torch.tensor([3.0, 7.0]))
-    torch.testing.assert_close(rotated.norm(), x.norm())  # orthogonal: norms preserved
-    assert not torch.allclose(rotated, x)
-    assert grid.num_tokens == 1
-
-
-def test_rope_rotates_patches_only_not_cls():
-    module = Rope2D(8, heads=2).double()
-    q = torch.randn(1, 2, 1 + 6, 8, dtype=F64)
-    rq, _ = module.rotate(q, q, TokenGrid(2, 3, num_prefix=1, origin=(1, 1)))
-    assert torch.equal(rq[:, :, 0], q[:, :, 0])
-    assert not torch.allclose(rq[:, :, 1:], q[:, :, 1:])
+@pytest.mark.parametrize("shift", [(0, 3), (2, 0), (5, -2)])
+@pytest.mark.parametrize("position", list(ROTATIONS))
+def test_rotation_shift_keeps_patch_logits_and_changes_cls_logits(position, shift):
+    """The invariance statement of DESIGN.md sec. 4 for rotations, logit by logit: a common shift
+    of the patch coordinates (also along one axis alone) keeps every patch-to-patch logit and the
+    CLS-to-CLS logit, and changes every CLS-to-patch and patch-to-CLS logit (CLS is not rotated,
+    so those see absolute phases) and every rotated vector."""
+    module = ROTATIONS[position]()
+    grid = TokenGrid(3, 4, num_prefix=1)
+    q, k = (torch.randn(2, 2, grid.num_tokens, 8, dtype=F64) for _ in range(2))
+    rq, rk = module.rotate(q, k, grid)
+    sq, sk = module.rotate(q, k, TokenGrid(3, 4, num_prefix=1, origin=shift))
+    logits, shifted = rq @ rk.transpose(-1, -2), sq @ sk.transpose(-1, -2)
+    torch.testing.assert_close(shifted[..., 1:, 1:], logits[..., 1:, 1:])
+    torch.testing.assert_close(shifted[..., 0, 0], logits[..., 0, 0])
+    assert ((shifted[..., 0, 1:] - logits[..., 0, 1:]).abs() > 1e-6).all()
+    assert ((shifted[..., 1:, 0] - logits[..., 1:, 0]).abs() > 1e-6).all()
+    assert ((sq - rq)[..., 1:, :].norm(dim=-1) > 1e-3).all()
 
 
 def _attention(kernel, position, dim=16, heads=2):
@@ -188,33 +290,35 @@ POSITIONS = {
     "rope-mixed": lambda: Rope2D(8, 2, "mixed"),
 }
 
+KERNELS = {
+    "softmax": SoftmaxKernel,
+    "favor": lambda: FavorKernel(8, 16),
+    "relu": lambda: ReluKernel(8),
+}
 
-EXACTLY_RELATIVE = [("softmax", p) for p in POSITIONS] + [("favor", "rpe"), ("relu", "rpe")]
 
-
-@pytest.mark.parametrize("kernel,position", EXACTLY_RELATIVE)
-def test_translation_invariance(kernel, position):
-    """Shifting every patch coordinate leaves attention unchanged (exactly relative).
-
-    Rotations are relative between patch tokens; an unrotated CLS token sees absolute phases
-    (as in Heo et al.), so rotation encodings are checked on a CLS-free sequence. Feature maps
-    of rotated q/k are relative only in expectation (FAVOR+), so those are not listed."""
-    make_kernel = {
-        "softmax": SoftmaxKernel,
-        "favor": lambda: FavorKernel(8, 16),
-        "relu": lambda: ReluKernel(8),
-    }[kernel]
-    module = _attention(make_kernel(), POSITIONS[position]()).eval()
+@pytest.mark.parametrize("position", ["string", "rope", "rope-mixed"])
+def test_softmax_rotation_outputs_are_shift_invariant_exactly_without_prefix_tokens(position):
+    """Without prefix tokens (``pool="mean"``) every logit is patch-to-patch, so the whole softmax
+    output is invariant to a common shift; with CLS no output row is (each row has a CLS logit);
+    and linear kernels are not exactly invariant even without CLS (features of rotated q, k)."""
+    module = _attention(SoftmaxKernel(), POSITIONS[position]()).eval()
     _randomise_positions(module)
-    prefix = 1 if position == "rpe" else 0
-    x = torch.randn(2, prefix + 12, 16, dtype=F64)
-    out = module(x, TokenGrid(3, 4, prefix))
-    shifted = module(x, TokenGrid(3, 4, prefix, origin=(5, -2)))
-    torch.testing.assert_close(out, shifted)
-    if position != "rpe":  # and the check has power: a non-relative change is detected
-        with torch.no_grad():
-            other = module(x, TokenGrid(4, 3, prefix))
-        assert not torch.allclose(out, other)
+    for prefix in (0, 1):
+        x = torch.randn(2, prefix + 12, 16, dtype=F64)
+        out = module(x, TokenGrid(3, 4, prefix))
+        shifted = module(x, TokenGrid(3, 4, prefix, origin=(5, -2)))
+        if prefix == 0:
+            torch.testing.assert_close(out, shifted)
+            other = module(x, TokenGrid(4, 3, prefix))  # the check has power
+            assert not torch.allclose(out, other)
+        else:
+            assert ((shifted - out).norm(dim=-1) > 1e-4).all()  # CLS row and every patch row
+    for kernel in ("favor", "relu"):
+        linear = _attention(KERNELS[kernel](), POSITIONS[position]()).eval()
+        x = torch.randn(2, 12, 16, dtype=F64)
+        out = linear(x, TokenGrid(3, 4, 0))
+        assert not torch.allclose(out, linear(x, TokenGrid(3, 4, 0, origin=(5, -2))))
 
 
 @pytest.mark.parametrize("position", ["rpe", "string", "rope", "rope-mixed"])
@@ -262,12 +366,7 @@ def test_rpe_table_resizes_by_clamping_offsets():
 @pytest.mark.parametrize("position", list(POSITIONS))
 @pytest.mark.parametrize("kernel", ["softmax", "favor", "relu"])
 def test_gradients_reach_position_parameters_and_bf16_is_finite(position, kernel):
-    make_kernel = {
-        "softmax": SoftmaxKernel,
-        "favor": lambda: FavorKernel(8, 16),
-        "relu": lambda: ReluKernel(8),
-    }[kernel]
-    module = Attention(16, 2, make_kernel(), POSITIONS[position]())
+    module = Attention(16, 2, KERNELS[kernel](), POSITIONS[position]())
     _randomise_positions(module)
     x = torch.randn(2, 13, 16)
     module(x, TokenGrid(3, 4, 1)).square().sum().backward()
@@ -278,3 +377,36 @@ def test_gradients_reach_position_parameters_and_bf16_is_finite(position, kernel
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = module(x * 10, TokenGrid(3, 4, 1))
     assert torch.isfinite(out).all()
+
+
+GRADCHECK = {
+    "string": (SoftmaxKernel, lambda: CirculantString(8, 2)),
+    "rope-mixed": (SoftmaxKernel, lambda: Rope2D(8, 2, "mixed")),
+    "rpe": (SoftmaxKernel, lambda: KernelizedRPE(2, (2, 3))),
+    "rpe-relu-quadratic": (
+        lambda: ReluKernel(8, rpe_method="quadratic"),
+        lambda: KernelizedRPE(2, (2, 3)),
+    ),
+    "rpe-relu-fft": (lambda: ReluKernel(8, rpe_method="fft"), lambda: KernelizedRPE(2, (2, 3))),
+    "irpe-gate": (SoftmaxKernel, lambda: PositionGate(2, (2, 3), 1)),
+    "string-gate": (SoftmaxKernel, lambda: PositionGate(2, (2, 3), 8)),
+}
+
+
+@pytest.mark.parametrize("name", list(GRADCHECK))
+def test_position_parameter_gradients_match_finite_differences(name):
+    """Autograd's gradient of every learnable position tensor equals finite differences of the
+    module's forward: a parameter path dropped or detached on the q or on the k side fails."""
+    make_kernel, make_position = GRADCHECK[name]
+    module = _attention(make_kernel(), make_position())
+    _randomise_positions(module)
+    grid = TokenGrid(2, 3, num_prefix=1)
+    x = torch.randn(1, grid.num_tokens, 16, dtype=F64)
+    names, values = zip(*module.position.named_parameters(), strict=True)
+    values = tuple(v.detach().clone().requires_grad_() for v in values)
+
+    def forward(*tensors):
+        params = {f"position.{n}": t for n, t in zip(names, tensors, strict=True)}
+        return torch.func.functional_call(module, params, (x, grid))
+
+    assert torch.autograd.gradcheck(forward, values)

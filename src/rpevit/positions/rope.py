@@ -3,7 +3,9 @@
 ``axial``: the first half of each head's rotation pairs turns by ``row * theta_t``, the second by
 ``col * theta_t`` with ``theta_t = base^(-t / (d/4))`` (fixed). ``mixed``: every pair turns by
 ``row * f_row + col * f_col`` with per-head learnable frequencies, initialised as in Heo et al.
-(magnitudes ``base^(-t/(d/4))``, a random direction per head). CLS tokens are not rotated.
+(magnitudes ``base^(-t/(d/4))``, a random direction per head). Only patch tokens are rotated,
+so a common shift of all patch coordinates leaves the patch-to-patch logits unchanged but not
+CLS-to-patch or patch-to-CLS ones (DESIGN.md sec. 4).
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ from torch import Tensor, nn
 from rpevit.positions.base import PositionEncoding, TokenGrid, apply_to_patches
 
 
-def rotate_pairs(x: Tensor, angles: Tensor) -> Tensor:
-    """Rotate the pairs ``(x[t], x[t + d/2])`` of ``x[..., N, d]`` by ``angles[..., N, d/2]``."""
+def rotate_pairs(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate the pairs ``(x[t], x[t + d/2])`` of ``x[..., N, d]`` by the angles whose cosines and
+    sines are ``cos``, ``sin`` ``[..., N, d/2]``."""
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
@@ -59,8 +61,9 @@ class Rope2D(PositionEncoding):
     def rotate(self, q: Tensor, k: Tensor, grid: TokenGrid) -> tuple[Tensor, Tensor]:
         dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
         angles = self.angles(grid.coords(q.device, dtype))
+        cos, sin = angles.cos().to(q.dtype), angles.sin().to(q.dtype)  # once for q and k
 
         def fn(x: Tensor) -> Tensor:
-            return rotate_pairs(x, angles)
+            return rotate_pairs(x, cos, sin)
 
         return apply_to_patches(q, grid.num_prefix, fn), apply_to_patches(k, grid.num_prefix, fn)
