@@ -168,5 +168,5 @@ class LastEveryEpoch(Checkpoint):
         self.path = Path(path)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            trainer.save_checkpoint(self.path)
+        if not trainer.sanity_checking:  # a full training state: resume needs the optimizer
+            trainer.save_checkpoint(self.path, weights_only=False)
