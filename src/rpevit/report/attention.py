@@ -38,7 +38,7 @@ def attention_weights(attn: Attention, x: Tensor, grid: TokenGrid) -> Tensor:
         scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
         return torch.softmax(scores if bias is None else scores + bias, dim=-1)
     if isinstance(kernel, LinearKernel):
-        qf, kf = kernel.features(q, is_query=True), kernel.features(k, is_query=False)
+        qf, kf = kernel.feature_pair(q, k)
         scores = qf @ kf.transpose(-1, -2)
         if bias is not None:
             scores = scores * bias.exp().to(scores.dtype)

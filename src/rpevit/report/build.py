@@ -15,6 +15,7 @@ from rpevit.data.augment import normalize
 from rpevit.errors import RpevitError
 from rpevit.metrics import write_json_atomic
 from rpevit.report.attention import cls_attention_map
+from rpevit.report.paired import comparisons, gap_closed_intervals, statistics_markdown
 from rpevit.report.plots import (
     plot_attention_maps,
     plot_curves,
@@ -34,7 +35,7 @@ from rpevit.report.tables import (
     write_csv,
 )
 from rpevit.training.module import ImageClassifier
-from rpevit.training.run import find_checkpoint, load_checkpoint
+from rpevit.training.run import PREDICTIONS, find_checkpoint, load_checkpoint
 
 
 def _test_image(run: Run, data_dir: str | Path | None, index: int) -> tuple[Any, Any, int]:
@@ -87,9 +88,11 @@ def build_report(
     below ``runs_dir`` (one folder or several) into ``out_dir`` (default
     ``<first runs_dir>/report``); return the summary.
 
-    Where the runs hold them, the report adds the random-feature ablation (variants of a model
-    with several feature counts), from-scratch vs from-checkpoint (runs made with
-    ``--init-from``) and resolution transfer (runs evaluated with ``--image-size``).
+    With several seeds or recorded test predictions it adds the statistics section
+    (:mod:`rpevit.report.paired`). Where the runs hold them, the report adds the
+    random-feature ablation (variants of a model with several feature counts), from-scratch vs
+    from-checkpoint (runs made with ``--init-from``) and resolution transfer (runs evaluated
+    with ``--image-size``).
     ``data_dir`` (default: the runs' own) and ``image_index`` select the test image whose
     attention maps are drawn; without the data the attention figure is skipped with a note.
     """
@@ -102,6 +105,15 @@ def build_report(
     ablation = ablation_rows(rows)
     comparison = init_comparison(rows)
     transfer = transfer_table(runs)
+    paired, intervals = comparisons(rows, runs), gap_closed_intervals(runs)
+    statistics: list[str] = []
+    if any(row["runs"] > 1 for row in rows) or any((r.path / PREDICTIONS).is_file() for r in runs):
+        statistics = statistics_markdown(rows, paired, intervals)
+    else:
+        notes.append(
+            f"no statistics section: every variant has one run and no run has {PREDICTIONS} "
+            "(`rpevit evaluate RUN` writes it)"
+        )
 
     plots = [
         plot_curves(runs, out / "curves.png"),
@@ -143,6 +155,7 @@ def build_report(
                 ablation=ablation,
                 comparison=comparison,
                 transfer=transfer,
+                statistics=statistics,
             )
         )
     write_csv(rows, out / "results.csv")
@@ -152,6 +165,8 @@ def build_report(
         "num_runs": len(runs),
         "rows": rows,
         "gap_closed": gap_closed_table(rows),
+        "comparisons": paired,
+        "gap_closed_intervals": intervals,
         "feature_ablation": ablation,
         "init_comparison": comparison,
         "resolution_transfer": transfer,

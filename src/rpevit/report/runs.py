@@ -4,7 +4,8 @@ A run folder is any folder holding a valid ``metrics.json`` (written by ``rpevit
 ``rpevit grid``); next to it ``config.json``, Lightning's CSV logs, one
 ``logs/csv/version_<k>/metrics.csv`` per start of training (0: first, 1: first resume, ...),
 and, once ``rpevit evaluate RUN --image-size ...`` ran, ``evaluation.json`` with the
-resolution-transfer results.
+resolution-transfer results, and ``test_predictions.npz`` with the per-image test predictions
+(runs trained before it was recorded lack it; ``rpevit evaluate RUN`` writes it).
 
 Runs of one model are told apart by their *variant*: the model name, plus the model options
 set explicitly (``ape=False``, ``rope_mode=mixed``, ...; the feature count as ``m=<m>``, a
@@ -17,12 +18,16 @@ from __future__ import annotations
 import csv
 import json
 import math
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rpevit.errors import ConfigError
 from rpevit.experiments.grid import GRID_IDENTITY, read_metrics
+from rpevit.training.run import PREDICTIONS
 
 
 @dataclass
@@ -87,6 +92,50 @@ class Run:
         if self.source:
             label += f" from {self.source.get('model')}"
         return label
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """A run's per-image test predictions, in test-set order."""
+
+    labels: np.ndarray  # true class, int
+    predicted: np.ndarray  # argmax class, int
+    true_log_prob: np.ndarray  # log-probability of the true class, float64
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.predicted == self.labels
+
+
+def read_predictions(run: Run) -> tuple[Predictions | None, str | None]:
+    """The run's ``test_predictions.npz``, or None and a short reason why it cannot be used
+    (missing, unreadable, or its accuracy is not the one in metrics.json)."""
+    path = run.path / PREDICTIONS
+    if not path.is_file():
+        return None, f"no {PREDICTIONS}"
+    try:
+        with np.load(path) as data:
+            predictions = Predictions(
+                np.asarray(data["labels"]),
+                np.asarray(data["predicted"]),
+                np.asarray(data["true_log_prob"], dtype=np.float64),
+            )
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        return None, f"{PREDICTIONS} is unreadable ({error})"
+    labels, predicted, log_prob = (
+        predictions.labels,
+        predictions.predicted,
+        predictions.true_log_prob,
+    )
+    n = labels.size
+    if n == 0 or labels.ndim != 1 or not predicted.shape == labels.shape == log_prob.shape:
+        return None, f"{PREDICTIONS} holds empty arrays or arrays of different shapes"
+    accuracy, recorded = float(predictions.correct.mean()), run.metrics["test_accuracy"]
+    if abs(accuracy - recorded) * n > 0.5:  # more than half an image apart
+        return None, (
+            f"{PREDICTIONS} disagrees with metrics.json (accuracy {accuracy:.4f} vs {recorded:.4f})"
+        )
+    return predictions, None
 
 
 def _csv_logs(run_dir: Path) -> list[Path]:

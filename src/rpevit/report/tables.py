@@ -24,6 +24,7 @@ from typing import Any
 from rpevit.atomic import atomic_write
 from rpevit.registry import list_available_models
 from rpevit.report.runs import Run
+from rpevit.report.stats import t_interval
 
 #: Denominators of "gap closed" smaller than this (in accuracy, a fraction) count as zero.
 GAP_EPS = 1e-6
@@ -131,7 +132,8 @@ def gap_closed(acc: dict[str, float | None], kernel: str, position: str) -> floa
 
 def summarise(runs: Sequence[Run]) -> list[dict[str, Any]]:
     """One row per variant (see :mod:`rpevit.report.runs`): seeds, feature count, epochs and
-    initial weights, ``<metric>_mean`` / ``<metric>_std`` for every metric, ``gap_to_softmax``
+    initial weights, ``<metric>_mean`` / ``<metric>_std`` for every metric, the 95% t interval
+    of the test accuracy over seeds ``test_accuracy_ci`` (``[low, high]``), ``gap_to_softmax``
     and ``gap_closed`` (None where not applicable or undefined)."""
     by_variant: dict[str, list[Run]] = {}
     for run in runs:
@@ -168,6 +170,8 @@ def summarise(runs: Sequence[Run]) -> list[dict[str, Any]]:
             row[f"{metric.key}_mean"], row[f"{metric.key}_std"] = mean_std(
                 metric.read(run.metrics) for run in group
             )
+        interval = t_interval([run.metrics["test_accuracy"] for run in group])
+        row["test_accuracy_ci"] = None if interval is None else [interval[1], interval[2]]
         rows.append(row)
     acc = {row["variant"]: row["test_accuracy_mean"] for row in rows}
     for row in rows:
@@ -395,10 +399,12 @@ def markdown(
     ablation: Sequence[dict[str, Any]] = (),
     comparison: Sequence[dict[str, Any]] = (),
     transfer: dict[str, Any] | None = None,
+    statistics: Sequence[str] = (),
 ) -> str:
     """``results.md``: a quality table (accuracy, fit, gaps), a cost table, the gap-closed
-    matrix, then where the runs hold them the random-feature ablation, from-scratch vs
-    from-checkpoint and resolution-transfer tables, the plots and the notes."""
+    matrix, the ``statistics`` section's parts (already rendered), then where the runs hold
+    them the random-feature ablation, from-scratch vs from-checkpoint and resolution-transfer
+    tables, the plots and the notes."""
 
     def shown(metric: Metric) -> bool:  # e.g. top-5 only where recorded (> 10 classes)
         return any(row[f"{metric.key}_mean"] is not None for row in rows)
@@ -456,6 +462,7 @@ def markdown(
         "peak memory is the peak RSS of the process on CPU, max allocated on GPU.",
         "## Gap closed by relative position encodings",
         closed_table,
+        *statistics,
     ]
     if ablation:
         parts += [
@@ -501,11 +508,13 @@ def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     columns += ["source_epochs", "runs", "seeds"]
     for metric in METRICS:
         columns += [f"{metric.key}_mean", f"{metric.key}_std"]
-    columns += ["gap_to_softmax", "gap_closed"]
+    columns += ["test_accuracy_ci_low", "test_accuracy_ci_high", "gap_to_softmax", "gap_closed"]
     with atomic_write(path, "w") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in rows:
+            interval = row["test_accuracy_ci"] or ["", ""]
+            row = {**row, "test_accuracy_ci_low": interval[0], "test_accuracy_ci_high": interval[1]}
             record = {key: ("" if row[key] is None else row[key]) for key in columns}
             record["seeds"] = " ".join(str(s) for s in row["seeds"])
             if _applies_gap(row) and row["gap_to_softmax"] is None:
