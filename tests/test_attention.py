@@ -8,7 +8,10 @@ import pytest
 import torch
 
 from rpevit.attention import (
+    Attention,
     FavorKernel,
+    ReluKernel,
+    SoftmaxKernel,
     favor_attention,
     favor_features,
     linear_attention,
@@ -16,7 +19,7 @@ from rpevit.attention import (
     relu_features,
     softmax_attention,
 )
-from rpevit.positions import TokenGrid
+from rpevit.positions import KernelizedRPE, TokenGrid
 
 
 def _qkv(b=2, h=2, n=16, d=8, scale=1.0, dtype=torch.float64):
@@ -194,3 +197,111 @@ def test_favor_features_in_place_match_the_textbook_formula_and_gradients(is_que
     assert torch.autograd.gradcheck(
         lambda t: favor_features(t, w, is_query=is_query, stabilise=False), (x[:1, :1, :3],)
     )
+
+
+def _probe(make_kernel, position, grid, heads=2, content=True):
+    """The attention matrices ``[heads, n, n]`` an ``Attention`` module applies, read off its
+    output: token t's value is e_t in every head and the output projection is the identity, so
+    output row t of head h is row t of that head's attention matrix. ``content=False`` zeroes q
+    and k, leaving only the position encoding's weights."""
+    n = grid.num_tokens
+    dim = heads * n
+    torch.manual_seed(0)
+    module = Attention(dim, heads, make_kernel(n), position).double().eval()
+    with torch.no_grad():
+        for p in module.position.parameters():
+            p.add_(torch.randn_like(p) * 0.5)  # a generic, non-zero table
+        module.qkv.weight[2 * dim :] = torch.eye(dim)
+        module.qkv.bias[2 * dim :] = 0
+        if not content:
+            module.qkv.weight[: 2 * dim] = 0
+            module.qkv.bias[: 2 * dim] = 0
+        module.proj.weight.copy_(torch.eye(dim))
+        module.proj.bias.zero_()
+    x = torch.eye(n, dtype=torch.float64).repeat(1, heads)[None]
+    return module, module(x, grid)[0].reshape(n, heads, n).transpose(0, 1)
+
+
+PROBED_KERNELS = {
+    "softmax": lambda d: SoftmaxKernel(),
+    "favor-quadratic": lambda d: FavorKernel(d, 24, rpe_method="quadratic"),
+    "favor-fft": lambda d: FavorKernel(d, 24, rpe_method="fft"),
+    "relu-quadratic": lambda d: ReluKernel(d, rpe_method="quadratic"),
+    "relu-fft": lambda d: ReluKernel(d, rpe_method="fft"),
+}
+
+
+def _offset(i, j, width):
+    """``r_j - r_i`` of patch tokens ``i``, ``j`` (row-major)."""
+    return j // width - i // width, j % width - i % width
+
+
+@pytest.mark.parametrize("kernel", list(PROBED_KERNELS))
+def test_rpe_weights_the_module_applies_are_a_function_of_the_offset(kernel):
+    """With q = k = 0 only the position weights remain: ``A_ij / A_i,CLS = exp(b(r_j - r_i))``
+    (the CLS weight is 1). Equal offsets must give equal weights, the table entry of that
+    offset, on a non-square grid; RPE never reads coordinates, so this is its relativity."""
+    height, width = 3, 4
+    grid = TokenGrid(height, width, num_prefix=1)
+    module, a = _probe(
+        PROBED_KERNELS[kernel], KernelizedRPE(2, (height, width)), grid, content=False
+    )
+    log_weights = (a / a[:, :, :1]).log()
+    torch.testing.assert_close(log_weights[:, 0], torch.zeros_like(log_weights[:, 0]))
+    table = module.position.table.detach()
+    by_offset = {}
+    for i in range(height * width):
+        for j in range(height * width):
+            by_offset.setdefault(_offset(i, j, width), []).append(log_weights[:, 1 + i, 1 + j])
+    assert len(by_offset) == (2 * height - 1) * (2 * width - 1)
+    for (dr, dc), values in by_offset.items():
+        expected = table[:, dr + height - 1, dc + width - 1]
+        for value in values:
+            torch.testing.assert_close(value, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("prefix", [0, 1])
+@pytest.mark.parametrize("kernel", list(PROBED_KERNELS))
+def test_rpe_attention_matrix_of_the_module_equals_a_dense_reference(kernel, prefix):
+    """The full attention matrix (content and position) against one written out here:
+    softmax ``softmax(q k^T / sqrt(d) + B)``, linear ``(phi(q) phi(k)^T * exp(B)) / rowsum``,
+    ``B_ij = b(r_j - r_i)`` between patches and 0 to and from CLS."""
+    height, width = 3, 4
+    grid = TokenGrid(height, width, num_prefix=prefix)
+    module, a = _probe(PROBED_KERNELS[kernel], KernelizedRPE(2, (height, width)), grid)
+    n, heads, d = grid.num_tokens, module.heads, module.head_dim
+    weight, bias = module.qkv.weight.detach(), module.qkv.bias.detach()
+    x = torch.eye(n, dtype=torch.float64).repeat(1, heads)
+    q, k = (
+        (
+            x @ weight[s * heads * d : (s + 1) * heads * d].T
+            + bias[s * heads * d : (s + 1) * heads * d]
+        )
+        .reshape(n, heads, d)
+        .transpose(0, 1)
+        for s in (0, 1)
+    )
+    table = module.position.table.detach()
+    logits = torch.zeros(heads, n, n, dtype=torch.float64)
+    for i in range(height * width):
+        for j in range(height * width):
+            dr, dc = _offset(i, j, width)
+            logits[:, prefix + i, prefix + j] = table[:, dr + height - 1, dc + width - 1]
+    if kernel == "softmax":
+        expected = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d) + logits, dim=-1)
+    else:
+        if kernel.startswith("favor"):
+            w = module.kernel.projection.double()
+            m = w.shape[0]
+
+            def phi(t):
+                t = t * d**-0.25
+                return torch.exp(t @ w.T - (t * t).sum(-1, keepdim=True) / 2) / math.sqrt(m)
+        else:
+
+            def phi(t):
+                return torch.relu(t * d**-0.25) + 1e-3
+
+        scores = (phi(q) @ phi(k).transpose(-1, -2)) * logits.exp()
+        expected = scores / scores.sum(-1, keepdim=True)
+    torch.testing.assert_close(a, expected, rtol=1e-9, atol=1e-12)
