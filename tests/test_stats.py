@@ -4,6 +4,7 @@ synthetic run folders with known answers; and the per-image predictions a run re
 
 from __future__ import annotations
 
+import csv
 import itertools
 import json
 import math
@@ -318,6 +319,7 @@ def test_report_statistics_section(tmp_path):
     for seed in (1, 2, 3):
         write_run(tmp_path, "softmax-ape", seed, exactly(1000, 900 + seed, rng))
         write_run(tmp_path, "favor-ape", seed, exactly(1000, 800, rng))
+        write_run(tmp_path, "favor-rpe", seed, exactly(1000, 851, rng))
     summary = build_report(tmp_path, tmp_path / "report")
     text = (tmp_path / "report" / "results.md").read_text()
     assert "## Statistics" in text and "McNemar's exact test" in text
@@ -327,11 +329,29 @@ def test_report_statistics_section(tmp_path):
     )
     assert "| favor-ape − softmax-ape | 1 2 3 | -10.20 ± 0.10 |" in text
     assert summary["comparisons"][0]["reference"] == "softmax-ape"
-    assert summary["gap_closed_intervals"]["favor"]["rpe"]["note"] == "no favor-rpe runs"
+    gap = summary["gap_closed_intervals"]["favor"]["rpe"]
+    assert gap["estimate"] == pytest.approx(0.5) and gap["ci"][0] < 0.5 < gap["ci"][1]
+    assert summary["gap_closed_intervals"]["favor"]["rope"]["note"] == "no favor-rope runs"
+    assert f"| favor-rpe | 1 2 3 | 0.50 | [{gap['ci'][0]:.2f}, {gap['ci'][1]:.2f}] |  |" in text
     saved = json.loads((tmp_path / "report" / "report.json").read_text())
-    assert saved["comparisons"][0]["discordant"] == summary["comparisons"][0]["discordant"]
-    csv_text = (tmp_path / "report" / "results.csv").read_text()
-    assert "test_accuracy_ci_low,test_accuracy_ci_high" in csv_text.splitlines()[0]
+    assert saved["comparisons"] == json.loads(json.dumps(summary["comparisons"]))
+    with (tmp_path / "report" / "results.csv").open() as f:
+        rows = {row["variant"]: row for row in csv.DictReader(f)}
+    assert float(rows["favor-rpe"]["gap_closed_ci_low"]) == pytest.approx(gap["ci"][0])
+    assert (
+        rows["favor-rpe"]["gap_closed_note"] == "" and rows["favor-ape"]["gap_closed_ci_low"] == ""
+    )
+    low = float(rows["softmax-ape"]["test_accuracy_ci_low"])
+    assert low == pytest.approx(0.902 - T_975_2 * 0.001 / math.sqrt(3), abs=1e-12)
+    with (tmp_path / "report" / "comparisons.csv").open() as f:
+        pairs = {(r["variant"], r["reference"]): r for r in csv.DictReader(f)}
+    pair = pairs[("favor-rpe", "favor-ape")]
+    record = next(r for r in summary["comparisons"] if r["reference"] == "favor-ape")
+    assert float(pair["difference"]) == pytest.approx(0.051) and pair["seeds"] == "1 2 3"
+    assert float(pair["p_value"]) == pytest.approx(record["p_value"])
+    assert [int(pair["only_first_right"]), int(pair["only_second_right"])] == record["discordant"]
+    assert float(pair["seed_ci_low"]) == pytest.approx(0.051)  # no spread over seeds
+    assert pair["significant"] == "True"
 
 
 def test_report_without_seeds_or_predictions_has_no_statistics_section(tmp_path):

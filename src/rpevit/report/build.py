@@ -15,7 +15,12 @@ from rpevit.data.augment import normalize
 from rpevit.errors import RpevitError
 from rpevit.metrics import write_json_atomic
 from rpevit.report.attention import cls_attention_map
-from rpevit.report.paired import comparisons, gap_closed_intervals, statistics_markdown
+from rpevit.report.paired import (
+    comparisons,
+    gap_closed_intervals,
+    statistics_markdown,
+    write_comparisons_csv,
+)
 from rpevit.report.plots import (
     plot_attention_maps,
     plot_curves,
@@ -84,8 +89,8 @@ def build_report(
     data_dir: str | Path | None = None,
     image_index: int = 0,
 ) -> dict[str, Any]:
-    """Write ``results.md``, ``results.csv``, ``report.json`` and the PNG figures for the runs
-    below ``runs_dir`` (one folder or several) into ``out_dir`` (default
+    """Write ``results.md``, ``results.csv``, ``comparisons.csv``, ``report.json`` and the PNG
+    figures for the runs below ``runs_dir`` (one folder or several) into ``out_dir`` (default
     ``<first runs_dir>/report``); return the summary.
 
     With several seeds or recorded test predictions it adds the statistics section
@@ -158,7 +163,8 @@ def build_report(
                 statistics=statistics,
             )
         )
-    write_csv(rows, out / "results.csv")
+    write_csv(rows, out / "results.csv", intervals)
+    write_comparisons_csv(paired, out / "comparisons.csv")
     summary = {
         "runs_dirs": [str(d) for d in runs_dirs],
         "dataset": dataset,
@@ -171,7 +177,12 @@ def build_report(
         "init_comparison": comparison,
         "resolution_transfer": transfer,
         "notes": notes,
-        "files": [str(out / "results.md"), str(out / "results.csv"), *map(str, plots)],
+        "files": [
+            str(out / "results.md"),
+            str(out / "results.csv"),
+            str(out / "comparisons.csv"),
+            *map(str, plots),
+        ],
     }
     write_json_atomic(out / "report.json", summary)
     return summary

@@ -13,12 +13,14 @@ reason in ``notes``.
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from rpevit.atomic import atomic_write
 from rpevit.report.runs import Predictions, Run, read_predictions
 from rpevit.report.stats import (
     ALPHA,
@@ -157,10 +159,9 @@ def _compare(data: _Runs, variant: str, reference: str, kind: str) -> dict[str, 
     ca, cb = correct
     record["discordant"] = [int((ca & ~cb).sum()), int((~ca & cb).sum())]
     record["p_value"] = sign_flip_p(ca.sum(axis=0, dtype=np.int64) - cb.sum(axis=0, dtype=np.int64))
-    replicates = bootstrap_means(correct)
+    replicates = bootstrap_means([*correct, *losses])  # the same resampled images for all four
     record["image_ci"] = percentile_interval(replicates[:, 0] - replicates[:, 1])
-    replicates = bootstrap_means(losses)
-    record["nll_image_ci"] = percentile_interval(replicates[:, 0] - replicates[:, 1])
+    record["nll_image_ci"] = percentile_interval(replicates[:, 2] - replicates[:, 3])
     return record
 
 
@@ -320,7 +321,11 @@ def statistics_markdown(
                 row["variant"],
                 _seeds(row["seeds"]),
                 pct(row["test_accuracy_mean"])
-                + (f" ± {pct(row['test_accuracy_std'])}" if row["test_accuracy_std"] else ""),
+                + (
+                    f" ± {pct(row['test_accuracy_std'])}"
+                    if row["test_accuracy_std"] is not None
+                    else ""
+                ),
                 _interval(row["test_accuracy_ci"], pct),
             ]
             for row in rows
@@ -347,3 +352,23 @@ def statistics_markdown(
         ),
         METHODS,
     ]
+
+
+def write_comparisons_csv(records: Sequence[dict[str, Any]], path: Path) -> Path:
+    """``comparisons.csv``: one row per paired comparison, raw values (differences as
+    fractions, NLL in nats), empty where undefined; ``notes`` says why."""
+    columns = ["variant", "reference", "kind", "seeds", "difference", "difference_std"]
+    columns += ["seed_ci_low", "seed_ci_high", "image_ci_low", "image_ci_high"]
+    columns += ["nll_difference", "nll_seed_ci_low", "nll_seed_ci_high"]
+    columns += ["nll_image_ci_low", "nll_image_ci_high", "only_first_right", "only_second_right"]
+    columns += ["p_value", "p_holm", "significant", "notes"]
+    with atomic_write(path, "w") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for r in records:
+            flat = {**r, "seeds": " ".join(map(str, r["seeds"])), "notes": "; ".join(r["notes"])}
+            for key in ("seed_ci", "image_ci", "nll_seed_ci", "nll_image_ci"):
+                flat[f"{key}_low"], flat[f"{key}_high"] = r[key] or (None, None)
+            flat["only_first_right"], flat["only_second_right"] = r["discordant"] or (None, None)
+            writer.writerow({k: "" if flat[k] is None else flat[k] for k in columns})
+    return path

@@ -42,7 +42,7 @@ def t_interval(
         return None
     mean = float(x.mean())
     half = stats.t.ppf(0.5 + confidence / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
-    return mean, mean - half, mean + half
+    return mean, float(mean - half), float(mean + half)
 
 
 def paired_difference(
@@ -113,15 +113,20 @@ def bootstrap_means(
     for start in range(0, samples, _CHUNK):
         b = min(_CHUNK, samples - start)
         draws = rng.integers(0, num_images, size=(b, num_images))
-        image_weights = np.bincount(
-            (draws + num_images * np.arange(b)[:, None]).ravel(), minlength=b * num_images
-        ).reshape(b, num_images)
+        image_weights = (
+            np.bincount(
+                (draws + num_images * np.arange(b)[:, None]).ravel(), minlength=b * num_images
+            )
+            .reshape(b, num_images)
+            .astype(np.float64)
+        )
         if resample_seeds:
             picks = rng.integers(0, num_seeds, size=(b, num_seeds))
             seed_weights = (picks[:, :, None] == np.arange(num_seeds)).sum(axis=1)
         else:
             seed_weights = np.ones((b, num_seeds), dtype=np.int64)
-        out[start : start + b] = np.einsum("bs,msn,bn->bm", seed_weights, stacked, image_weights)
+        per_seed = (image_weights @ stacked.reshape(-1, num_images).T).reshape(b, -1, num_seeds)
+        out[start : start + b] = np.einsum("bs,bms->bm", seed_weights, per_seed)
     return out / (num_seeds * num_images)
 
 

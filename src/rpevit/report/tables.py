@@ -501,20 +501,32 @@ def markdown(
     return "\n\n".join(parts) + "\n"
 
 
-def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+def write_csv(
+    rows: Sequence[dict[str, Any]],
+    path: Path,
+    gap_intervals: dict[str, dict[str, dict[str, Any]]] | None = None,
+) -> Path:
     """``results.csv``: one row per model, raw values (accuracies as fractions), empty where a
-    column does not apply and ``n/a`` where it is undefined."""
+    column does not apply and ``n/a`` where it is undefined; with ``gap_intervals``
+    (:func:`rpevit.report.paired.gap_closed_intervals`) the gap-closed interval and its note."""
     columns = ["variant", "model", "kernel", "position", "nb_features", "init_from", "epochs"]
     columns += ["source_epochs", "runs", "seeds"]
     for metric in METRICS:
         columns += [f"{metric.key}_mean", f"{metric.key}_std"]
     columns += ["test_accuracy_ci_low", "test_accuracy_ci_high", "gap_to_softmax", "gap_closed"]
+    columns += ["gap_closed_ci_low", "gap_closed_ci_high", "gap_closed_note"]
     with atomic_write(path, "w") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in rows:
-            interval = row["test_accuracy_ci"] or ["", ""]
-            row = {**row, "test_accuracy_ci_low": interval[0], "test_accuracy_ci_high": interval[1]}
+            low, high = row["test_accuracy_ci"] or ["", ""]
+            row = {**row, "test_accuracy_ci_low": low, "test_accuracy_ci_high": high}
+            gap = (gap_intervals or {}).get(row["kernel"], {}).get(row["position"])
+            if gap is not None and _applies_gap_closed(row):
+                (low, high), note = gap["ci"] or [NA, NA], gap["note"]
+            else:
+                low = high = note = None
+            row.update(gap_closed_ci_low=low, gap_closed_ci_high=high, gap_closed_note=note)
             record = {key: ("" if row[key] is None else row[key]) for key in columns}
             record["seeds"] = " ".join(str(s) for s in row["seeds"])
             if _applies_gap(row) and row["gap_to_softmax"] is None:
