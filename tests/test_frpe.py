@@ -194,11 +194,14 @@ def test_favor_converges_to_softmax_frpe_with_same_parameters():
     assert errors[2] < 0.05, errors
 
 
+@pytest.mark.parametrize("random", [True, False], ids=["random", "initial"])
 @pytest.mark.parametrize("kernel", [SoftmaxKernel, lambda: FavorKernel(4, 6)])
-def test_gradients_of_every_position_parameter_match_finite_differences(kernel):
-    """gradcheck through the whole module, as a function of the encoding's parameters."""
+def test_gradients_of_every_position_parameter_match_finite_differences(kernel, random):
+    """gradcheck through the whole module, as a function of the encoding's parameters (at
+    initialisation too, where the denominator guard's bound equals the denominator)."""
     torch.manual_seed(0)
-    module = Attention(8, 2, kernel(), randomised(FourierRPE(2, (2, 3), terms=2))).double()
+    position = FourierRPE(2, (2, 3), terms=2)
+    module = Attention(8, 2, kernel(), randomised(position) if random else position).double()
     module.eval()
     x = torch.randn(1, 7, 8, dtype=F64)
     grid = TokenGrid(2, 3, 1, origin=(1, 0))

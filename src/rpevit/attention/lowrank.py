@@ -38,15 +38,15 @@ def fourier_factors(
     coords: Tensor, frequencies: Tensor, phases: Tensor, amplitudes: Tensor, beta: Tensor
 ) -> tuple[Tensor, Tensor]:
     """Exact factors ``U, W`` ``[h, N, 2R + 1]`` of ``C[i, j] = f(r_j - r_i) = U_i . W_j`` for
-    patch coordinates ``[N, 2]``: ``U_i = [a_0, cos(w.r_i), sin(w.r_i)]``,
-    ``W_j = [1, a cos(w.r_j + s), a sin(w.r_j + s)]``. ``W_j0 = 1``: column 0 is the plain sum."""
+    patch coordinates ``[N, 2]``: ``U_i = [1, cos(w.r_i), sin(w.r_i)]``,
+    ``W_j = [a_0, a cos(w.r_j + s), a sin(w.r_j + s)]``."""
     heads, _ = phases.shape
     angle = coords @ frequencies.transpose(-1, -2)  # [h, N, R]
     shifted = angle + phases[:, None]
     a = amplitudes[:, None]
     constant = fourier_constant(amplitudes, beta)[:, None, None].expand(heads, len(coords), 1)
-    u = torch.cat([constant, angle.cos(), angle.sin()], dim=-1)
-    w = torch.cat([torch.ones_like(constant), a * shifted.cos(), a * shifted.sin()], dim=-1)
+    u = torch.cat([torch.ones_like(constant), angle.cos(), angle.sin()], dim=-1)
+    w = torch.cat([constant, a * shifted.cos(), a * shifted.sin()], dim=-1)
     return u, w
 
 
@@ -67,10 +67,15 @@ def fourier_linear_attention(
     ``q_features``/``k_features``: ``[B, h, P+N, m]`` (non-negative), ``v``: ``[B, h, P+N, d]``,
     ``coords``: patch coordinates ``[N, 2]``. With ``X_j = [v_j, 1]``, the contexts
     ``S_rho = sum_j W_j,rho phi(k_j) X_j^T`` give ``out_i = sum_rho U_i,rho phi(q_i)^T S_rho``:
-    O(N m (2R+1) d) time, O(N (2R+1) d) extra memory. The true denominator is at least
-    ``softplus(beta) phi(q_i)^T z`` (``z``: plain sum of patch-key features) plus the prefix
-    part; the computed one is clamped to that bound, so rounding in the cancelling cosine
-    terms can never make it vanish or turn negative. Sums run in float32 (float64 if given).
+    O(N m (2R+1) d) time, O(N (2R+1) d) extra memory. Prefix keys enter with
+    ``W = [1, 0, ..., 0]`` (weight ``U_i . W = 1``); prefix queries' rows are computed
+    explicitly, O(P N (m + d)). Sums run in float32 (float64 if given).
+
+    Denominator guard: ``block 0 = phi(q_i)^T S_0 = a_0 D_i + E_i`` (``D_i``: plain sum over
+    patch keys, ``E_i`` over prefix keys) and every weight is at least ``l = min(softplus(beta),
+    1)`` (``f >= softplus(beta)``, prefix weights 1), so the true denominator is at least
+    ``l / a_0 * block 0 > 0``; the computed one (where rounding in the cancelling cosine terms
+    lands) is raised to that detached bound, so it never reaches 0 or below.
     """
     prefix = num_prefix
     if q_features.shape[-2] != coords.shape[0] + prefix:
@@ -83,26 +88,21 @@ def fourier_linear_attention(
         params = [p.to(dtype) for p in (frequencies, phases, amplitudes, beta)]
         u, w = fourier_factors(coords.to(dtype), *params)  # [h, N, rho]
         rank = u.shape[-1]
-        v_ext = F.pad(v.to(dtype), (0, 1), value=1.0)  # last column gives the denominator
-        e = v_ext.shape[-1]
-        q_p, k_p, x_p = q_features[:, :, prefix:], k_features[:, :, prefix:], v_ext[:, :, prefix:]
-        weighted = (w[..., None] * x_p[..., None, :]).flatten(-2)  # [B, h, N, rho * e]
-        context = k_p.transpose(-1, -2) @ weighted  # [B, h, m, rho * e]; block 0 plain
-        if prefix:
-            prefix_context = k_features[:, :, :prefix].transpose(-1, -2) @ v_ext[:, :, :prefix]
-            context = torch.cat([context, prefix_context], dim=-1)
-        y = q_p @ context  # [B, h, N, rho * e (+ e)]
-        blocks = y[..., : rank * e].unflatten(-1, (rank, e))
-        out_patch = torch.einsum("bhnre,hnr->bhne", blocks, u)
-        floor = F.softplus(params[3])[:, None, None] * blocks[..., 0, -1:]
-        if prefix:
-            from_prefix = y[..., rank * e :]
-            out_patch = out_patch + from_prefix
-            floor = floor + from_prefix[..., -1:]
-            plain = context[..., :e] + context[..., rank * e :]  # all keys, weight 1
-            out = torch.cat([q_features[:, :, :prefix] @ plain, out_patch], dim=2)
-            floor = torch.cat([out[:, :, :prefix, -1:], floor], dim=2)
-        else:
-            out = out_patch
-        denominator = torch.maximum(out[..., -1:], floor).clamp_min(DENOMINATOR_EPS)
-        return (out[..., :-1] / denominator).to(v.dtype)
+        if prefix:  # prefix keys: W = [1, 0, ...]; prefix queries: U = 0, rows added below
+            w = torch.cat([F.pad(w.new_ones(w.shape[0], prefix, 1), (0, rank - 1)), w], dim=1)
+            u = F.pad(u, (0, 0, prefix, 0))
+        x = F.pad(v.to(dtype), (0, 1), value=1.0)  # [v_j, 1]: the last column sums weights
+        e = x.shape[-1]
+        weighted = (w[..., None] * x[..., None, :]).flatten(-2)  # [B, h, P+N, rho * e]
+        context = k_features.transpose(-1, -2) @ weighted  # [B, h, m, rho * e]
+        blocks = (q_features @ context).unflatten(-1, (rank, e))  # [B, h, P+N, rho, e]
+        out = (blocks * u[..., None]).sum(-2)
+        if prefix:  # weight 1 to every key: the P x (P+N) scores, then their weighted sum
+            scores = q_features[:, :, :prefix] @ k_features.transpose(-1, -2)
+            out = out + F.pad(scores @ x, (0, 0, 0, coords.shape[0]))
+        with torch.no_grad():  # every weight is >= min(softplus(beta), 1): see the docstring
+            low = F.softplus(params[3]).clamp_max(1.0)
+            floor = (low / fourier_constant(params[2], params[3]))[:, None, None]
+            floor = floor * blocks[..., 0, -1:]
+        denominator = torch.where(out[..., -1:] >= floor, out[..., -1:], floor)
+        return (out[..., :-1] / denominator.clamp_min(DENOMINATOR_EPS)).to(v.dtype)

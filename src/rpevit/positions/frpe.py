@@ -15,12 +15,13 @@ import math
 import torch
 from torch import Tensor, nn
 
+from rpevit.attention.functional import softmax_attention
 from rpevit.attention.lowrank import fourier_linear_attention, fourier_weight
 from rpevit.attention.toeplitz import dense_relative_matrix, rpe_linear_attention
 from rpevit.positions.base import PositionEncoding, RelativeWeights, TokenGrid
 
 #: Default number of cosine terms R per head (rank 2R + 1); see DESIGN.md section 4.
-DEFAULT_TERMS = 2
+DEFAULT_TERMS = 1
 
 
 class FourierWeights(RelativeWeights):
@@ -45,10 +46,14 @@ class FourierWeights(RelativeWeights):
         offsets = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1)
         return fourier_weight(offsets, *self.params(dtype))
 
-    def dense_logits(self) -> Tensor:
+    def dense_logits(self, dtype: torch.dtype | None = None) -> Tensor:
         g = self.grid
         log_table = self.offset_table(self.position.beta.dtype).log()
-        return dense_relative_matrix(log_table, g.height, g.width, g.num_prefix, fill=0.0)
+        return dense_relative_matrix(log_table, g.height, g.width, g.num_prefix, dtype)
+
+    def softmax(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Exact ``softmax(q k^T / sqrt(d) + log f) v``, the bias built in ``q``'s dtype."""
+        return softmax_attention(q, k, v, self.dense_logits(q.dtype).unsqueeze(0))
 
     def linear(self, q_features: Tensor, k_features: Tensor, v: Tensor, method: str) -> Tensor:
         g, dtype = self.grid, q_features.dtype
