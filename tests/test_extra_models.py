@@ -9,7 +9,7 @@ import torch
 from conftest import SMALL
 
 import rpevit
-from rpevit.attention import Attention, favor_features
+from rpevit.attention import Attention, favor_feature_pair
 from rpevit.attention.kernels import ExpKernel, LearnableKernel
 from rpevit.positions import TokenGrid
 from rpevit.positions.gates import PositionGate
@@ -57,26 +57,30 @@ def test_every_extra_variant_trains_and_is_deterministic_in_eval(name):
 
 @pytest.mark.parametrize("kernel", [ExpKernel(), LearnableKernel(8, 16)])
 def test_exp_and_learnable_features_are_positive_and_finite(kernel):
-    x = torch.randn(2, 2, 10, 8) * 20
-    for is_query in (True, False):
-        f = kernel.features(x, is_query)
+    q, k = torch.randn(2, 2, 10, 8) * 20, torch.randn(2, 2, 10, 8) * 20
+    for f in kernel.feature_pair(q, k):
         assert torch.isfinite(f).all() and (f > 0).any() and (f >= 0).all()
 
 
 def test_exp_kernel_is_elementwise_exp_up_to_stabiliser():
-    x = torch.randn(1, 1, 5, 4, dtype=torch.float64)
-    f = ExpKernel().features(x, is_query=True)
-    ratio = f / torch.exp(x * 4**-0.25)
-    torch.testing.assert_close(ratio, ratio[..., :1].expand_as(ratio))  # per-token constant
+    q, k = (torch.randn(1, 1, 5, 4, dtype=torch.float64) for _ in range(2))
+    qf, kf = ExpKernel().feature_pair(q, k)
+    # phi(q_i)_a phi(k_j)_a = exp((q_ia + k_ja) d^-1/4) up to a per-query constant
+    products = qf[..., :, None, :] * kf[..., None, :, :]
+    ratio = products / torch.exp((q[..., :, None, :] + k[..., None, :, :]) * 4**-0.25)
+    torch.testing.assert_close(ratio, ratio[..., :1, :1].expand_as(ratio))
 
 
 def test_learnable_kernel_starts_as_favor_and_learns_its_projection():
     kernel = LearnableKernel(8, 16)
-    x = torch.randn(1, 2, 6, 8)
-    torch.testing.assert_close(
-        kernel.features(x, True), favor_features(x, kernel.feature_weight.detach(), is_query=True)
-    )
-    kernel.features(x, True).sum().backward()
+    q, k = torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8)
+    for ours, favor in zip(
+        kernel.feature_pair(q, k),
+        favor_feature_pair(q, k, kernel.feature_weight.detach()),
+        strict=True,
+    ):
+        torch.testing.assert_close(ours, favor)
+    kernel.feature_pair(q, k)[0].sum().backward()
     assert kernel.feature_weight.grad.abs().sum() > 0
 
 
@@ -143,7 +147,8 @@ def test_feature_count_is_the_number_of_features_the_kernel_computes(name, optio
     assert model.feature_count == expected
     if expected is not None:
         kernel = model.blocks[0].attn.kernel
-        assert kernel.features(torch.randn(2, 4, 5, 8), is_query=True).shape[-1] == expected
+        x = torch.randn(2, 4, 5, 8)
+        assert all(f.shape[-1] == expected for f in kernel.feature_pair(x, x))
 
 
 @pytest.mark.parametrize("name", EXTRA)

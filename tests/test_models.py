@@ -5,9 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import SMALL, LargestTensor
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import rpevit
+from rpevit.attention import FavorKernel, relu_features
 from rpevit.flops import count_flops
+from rpevit.positions import TokenGrid
 from rpevit.registry import CORE_MODELS, KERNELS, POSITIONS
 
 ALL = CORE_MODELS
@@ -221,3 +224,117 @@ def test_cli_models_lists_every_variant(capsys):
     assert len({len(line) for line in table}) == 1  # columns aligned for the longest name
     assert main(["models", "--models", "nope-ape"]) == 2
     assert "unknown model 'nope-ape'" in capsys.readouterr().err
+
+
+def _kernel_inputs(model, images):
+    """The ``(q, k)`` the first block's attention kernel receives for ``images``."""
+    captured = {}
+
+    def hook(module, args) -> None:
+        captured["qk"] = args[:2]
+
+    handle = model.blocks[0].attn.kernel.register_forward_pre_hook(hook)
+    with torch.no_grad():
+        model(images)
+    handle.remove()
+    return captured["qk"]
+
+
+@pytest.mark.parametrize(
+    "name,options",
+    [
+        ("relu-ape", {"feature_projection": "learned", "nb_features": 20}),
+        ("learnable-ape", {"nb_features": 20}),
+    ],
+)
+def test_backbone_init_leaves_attention_kernels_their_own_initialisation(name, options):
+    """Issue 15, defect 5: the backbone's trunc-normal(0.02) overwrote the learned ReLU
+    projection. Kernel tensors must be exactly as the kernel made them: orthogonal blocks."""
+    model = _make(name, **options)
+    kernels = [block.attn.kernel for block in model.blocks]
+    before = [{k: t.clone() for k, t in kernel.state_dict().items()} for kernel in kernels]
+    qkv = model.blocks[0].attn.qkv.weight.clone()
+    model._init_weights()
+    assert not torch.equal(model.blocks[0].attn.qkv.weight, qkv)  # the backbone did re-draw
+    for kernel, state in zip(kernels, before, strict=True):
+        for key, tensor in kernel.state_dict().items():
+            assert torch.equal(tensor, state[key]), key
+        weight = getattr(kernel, "feature_weight", None)
+        weight = kernel.feature_proj.weight if weight is None else weight
+        for block in weight.detach().split(SMALL["dim"] // SMALL["heads"]):
+            directions = block / block.norm(dim=1, keepdim=True)
+            torch.testing.assert_close(directions @ directions.T, torch.eye(len(block)))
+    if name.startswith("relu"):  # unit rows: each feature is a coordinate of q d^-1/4 in a basis
+        torch.testing.assert_close(weight.norm(dim=1), torch.ones(len(weight)))
+
+
+def test_learned_relu_features_start_well_above_their_epsilon():
+    """At init the ReLU part of the features must dominate the 1e-3 epsilon (it was ~1.3e-3,
+    so attention started almost uniform)."""
+    model = _make("relu-ape", feature_projection="learned", nb_features=16)
+    q, _ = _kernel_inputs(model, torch.randn(4, 1, 28, 28))
+    relu_part = relu_features(q, model.blocks[0].attn.kernel.feature_proj.weight, eps=0.0)
+    assert relu_part.mean() > 5e-3, relu_part.mean()
+
+
+class _ScalarReads(TorchDispatchMode):
+    """Counts reads of a tensor's value into Python (a device-to-host sync on CUDA)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))
+
+
+def test_favor_training_forward_reads_no_tensor_into_python():
+    """The redraw counter lives on the Python side: no per-step ``int(tensor)`` sync."""
+    model = _make("favor-ape", redraw_interval=1000).train()
+    images = torch.randn(2, 1, 28, 28)
+    with _ScalarReads() as reads:
+        for _ in range(3):
+            model(images)
+    assert reads.count == 0
+    assert all(block.attn.kernel.steps == 3 for block in model.blocks)
+
+
+def test_favor_step_counter_is_restored_from_the_state_dict():
+    grid = TokenGrid(2, 2, num_prefix=0)
+    q, k, v = (torch.randn(1, 1, 4, 8) for _ in range(3))
+    kernel = FavorKernel(head_dim=8, nb_features=16, redraw_interval=3)
+    for _ in range(4):
+        kernel(q, k, v, None, grid)
+    resumed = FavorKernel(head_dim=8, nb_features=16, redraw_interval=3)
+    resumed.load_state_dict(kernel.state_dict())
+    assert resumed.steps == 4
+    for _ in range(4):  # the redraw at step 6 happens in both
+        assert torch.equal(kernel(q, k, v, None, grid), resumed(q, k, v, None, grid))
+    assert torch.equal(kernel.projection, resumed.projection)
+
+
+def test_checkpoints_with_the_old_steps_buffer_still_load():
+    """Before the counter moved to Python it was a buffer ``...attn.kernel.steps``."""
+    state = _make("favor-ape").state_dict()
+    old = {}
+    for key, value in state.items():
+        if key.endswith(".kernel._extra_state"):
+            key, value = key.removesuffix("_extra_state") + "steps", torch.tensor(5)
+        old[key] = value
+    model = _make("favor-ape")
+    model.load_state_dict(old)  # strict
+    assert all(block.attn.kernel.steps == 5 for block in model.blocks)
+
+
+def test_softmax_to_favor_transfer_misses_exactly_the_kernel_state():
+    """What ``load_state_dict(softmax.state_dict(), strict=False)`` reports (README, Python API)."""
+    missing, unexpected = _make("favor-rpe").load_state_dict(
+        _make("softmax-rpe").state_dict(), strict=False
+    )
+    assert unexpected == []
+    assert sorted(missing) == sorted(
+        f"blocks.{i}.attn.kernel.{name}"
+        for i in range(SMALL["depth"])
+        for name in ("feature_seed", "projection", "_extra_state")
+    )

@@ -1,7 +1,9 @@
 """Attention: pure functional kernels, kernel modules, and the composed attention module."""
 
 from rpevit.attention.functional import (
+    exp_feature_pair,
     favor_attention,
+    favor_feature_pair,
     favor_features,
     linear_attention,
     orthogonal_gaussian_projection,
@@ -18,7 +20,9 @@ __all__ = [
     "FavorKernel",
     "ReluKernel",
     "SoftmaxKernel",
+    "exp_feature_pair",
     "favor_attention",
+    "favor_feature_pair",
     "favor_features",
     "linear_attention",
     "orthogonal_gaussian_projection",

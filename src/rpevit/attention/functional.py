@@ -12,8 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-#: Lower bound on linear-attention denominators; they are sums of non-negative terms.
-DENOMINATOR_EPS = 1e-12
+#: Guard against ``0 / 0`` only (the smallest normal float32). The library's feature maps keep
+#: every denominator >= 1 (FAVOR+, EXP, learnable: jointly stabilised, see
+#: :func:`exp_feature_pair`) or >= N m eps^2 (ReLU), so it never binds for them; an all-zero
+#: row of user features gives 0 instead of NaN. (It was 1e-12, which zeroed underflowed rows.)
+DENOMINATOR_EPS = torch.finfo(torch.float32).tiny
 
 
 def softmax_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -46,26 +49,63 @@ def orthogonal_gaussian_projection(
     return (rows * norms.unsqueeze(1)).to(dtype)
 
 
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """Feature maps run in float32, or float64 if given (never in a low-precision dtype)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _favor_exponent(x: Tensor, projection: Tensor) -> Tensor:
+    """Log of the raw FAVOR+ features up to ``-ln(m)/2``: ``W x' - |x'|^2/2``, ``x' = x d^-1/4``.
+
+    Few passes over the ``[..., N, m]`` result: ``d^-1/4`` is folded into the small projection
+    and the norm is subtracted in place (matmul does not save its output for backward).
+    """
+    x = x.to(_compute_dtype(x))
+    scale = x.shape[-1] ** -0.25
+    w = projection.to(device=x.device, dtype=x.dtype) * scale
+    exponent = x @ w.T
+    return exponent.sub_((x * x).sum(dim=-1, keepdim=True), alpha=0.5 * scale * scale)
+
+
+def exp_feature_pair(q_exponent: Tensor, k_exponent: Tensor) -> tuple[Tensor, Tensor]:
+    """Jointly stabilised features ``exp(e^q_ia + M_a - s_i)``, ``exp(e^k_ja - M_a)`` from
+    log-features ``[..., N, m]`` (overwritten: computed in place).
+
+    ``M_a = max_j e^k_ja`` (per feature) and ``s_i = max_a (e^q_ia + M_a)`` are detached; ``M``
+    cancels in each product ``phi(q_i)_a phi(k_j)_a`` and ``s_i`` in the attention ratio, so the
+    estimator is unchanged. All features are <= 1 and every query has a feature and a key whose
+    product is exactly 1, so denominators are >= 1 and a term that underflows weighs < 1e-38 of
+    its row. (One key max over all tokens and features instead lets most keys underflow at large
+    norms and zeroes whole rows.)
+    """
+    key_max = k_exponent.detach().amax(dim=-2, keepdim=True)
+    k_features = k_exponent.sub_(key_max).exp_()
+    q_exponent = q_exponent.add_(key_max)
+    q_features = q_exponent.sub_(q_exponent.detach().amax(dim=-1, keepdim=True)).exp_()
+    return q_features, k_features
+
+
+def favor_feature_pair(q: Tensor, k: Tensor, projection: Tensor) -> tuple[Tensor, Tensor]:
+    """FAVOR+ features ``(phi(q), phi(k))`` for attention, jointly stabilised
+    (:func:`exp_feature_pair`, which also absorbs the constant ``m^-1/2``), in float32
+    (float64 if given) whatever the autocast state."""
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        return exp_feature_pair(_favor_exponent(q, projection), _favor_exponent(k, projection))
+
+
 def favor_features(
     x: Tensor, projection: Tensor, *, is_query: bool, stabilise: bool = True
 ) -> Tensor:
-    """Positive random features ``phi(x) = m^-1/2 exp(W x' - |x'|^2/2 - s)``, ``x' = x d^-1/4``.
+    """Positive random features ``phi(x) = m^-1/2 exp(W x' - |x'|^2/2 - s)``, ``x' = x d^-1/4``,
+    of one side alone; attention uses :func:`favor_feature_pair`, which cannot underflow.
 
-    ``s`` is a detached max of the exponent (per token for queries, per (batch, head) for keys);
-    it cancels in the attention ratio and keeps ``exp`` in range (``stabilise=False`` gives the
-    raw unbiased features, for tests). Computed in float32 (float64 if given) under autocast.
-    Few passes over the ``[..., N, m]`` exponent: ``d^-1/4`` is folded into the small
-    projection, ``m^-1/2`` into the exponent, and the subtractions and ``exp`` run in place
-    (autograd-safe: matmul and subtraction do not save their outputs, ``exp`` saves its own).
+    ``s`` is a detached max of the exponent (per token for queries, over tokens and features of
+    each (batch, head) for keys): it cancels in the attention ratio, but at large norms most
+    keys' features underflow. ``stabilise=False`` gives the raw unbiased features.
     """
-    compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     with torch.autocast(device_type=x.device.type, enabled=False):
-        x = x.to(compute_dtype)
-        scale = x.shape[-1] ** -0.25
-        w = projection.to(device=x.device, dtype=compute_dtype) * scale
-        exponent = x @ w.T
-        exponent.sub_((x * x).sum(dim=-1, keepdim=True), alpha=0.5 * scale * scale)
-        shift = 0.5 * math.log(w.shape[0])
+        exponent = _favor_exponent(x, projection)
+        shift = 0.5 * math.log(projection.shape[0])
         if stabilise:
             dims = (-1,) if is_query else (-2, -1)
             shift = exponent.detach().amax(dim=dims, keepdim=True) + shift
@@ -74,11 +114,10 @@ def favor_features(
 
 def relu_features(x: Tensor, projection: Tensor | None = None, eps: float = 1e-3) -> Tensor:
     """Deterministic Performer-ReLU features ``ReLU(P x') + eps`` (``P`` = identity if None)."""
-    compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     with torch.autocast(device_type=x.device.type, enabled=False):
-        x = x.to(compute_dtype) * x.shape[-1] ** -0.25
+        x = x.to(_compute_dtype(x)) * x.shape[-1] ** -0.25
         if projection is not None:
-            x = x @ projection.to(compute_dtype).T
+            x = x @ projection.to(x.dtype).T
         return F.relu(x) + eps
 
 
@@ -100,10 +139,7 @@ def favor_attention(q: Tensor, k: Tensor, v: Tensor, projection: Tensor) -> Tens
     """FAVOR+ estimate of ``softmax(q k^T / sqrt(d)) v`` with the given ``[m, d]`` projection.
 
     Same estimator and scaling as ``performer-pytorch``'s ``FastAttention`` (non-causal), minus
-    its additive feature epsilon, which biases the estimate.
+    its additive feature epsilon, which biases the estimate, and with the joint stabiliser of
+    :func:`exp_feature_pair`, so rows do not collapse at large q/k norms.
     """
-    return linear_attention(
-        favor_features(q, projection, is_query=True),
-        favor_features(k, projection, is_query=False),
-        v,
-    )
+    return linear_attention(*favor_feature_pair(q, k, projection), v)

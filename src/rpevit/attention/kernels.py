@@ -15,7 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from rpevit.attention.functional import (
-    favor_features,
+    exp_feature_pair,
+    favor_feature_pair,
     linear_attention,
     orthogonal_gaussian_projection,
     relu_features,
@@ -65,11 +66,13 @@ class LinearKernel(AttentionKernel):
             raise ValueError(f"unknown rpe_method {rpe_method!r}; choose auto, quadratic or fft")
         self.rpe_method = rpe_method
 
-    def features(self, x: Tensor, is_query: bool) -> Tensor:
+    def feature_pair(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        """Non-negative features ``(phi(q), phi(k))`` ``[B, h, N, m]``, computed together so that
+        exponential maps can share one stabiliser (:func:`exp_feature_pair`)."""
         raise NotImplementedError
 
     def forward(self, q, k, v, relative, grid):
-        qf, kf = self.features(q, is_query=True), self.features(k, is_query=False)
+        qf, kf = self.feature_pair(q, k)
         if relative is None:
             return linear_attention(qf, kf, v)
         return relative.linear(qf, kf, v, self.rpe_method)
@@ -81,6 +84,8 @@ class FavorKernel(LinearKernel):
     The projection is a buffer (saved in checkpoints). In training mode it is redrawn every
     ``redraw_interval`` forward passes (0 = never); draws are a deterministic function of
     ``(feature_seed, draw index)``, so resumed and data-parallel runs see identical features.
+    The pass counter ``steps`` is a Python int (no device sync per forward), checkpointed as the
+    module's extra state; checkpoints from when it was a ``steps`` buffer still load.
     """
 
     def __init__(
@@ -100,8 +105,9 @@ class FavorKernel(LinearKernel):
             redraw_interval,
         )
         self.register_buffer("feature_seed", torch.randint(0, 2**31 - 1, ()))
-        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("projection", self._draw(0))
+        self.steps = 0
+        self.register_load_state_dict_pre_hook(_steps_buffer_to_extra_state)
 
     def _draw(self, index: int) -> Tensor:
         generator = torch.Generator().manual_seed(int(self.feature_seed) * 1_000_003 + index)
@@ -115,16 +121,31 @@ class FavorKernel(LinearKernel):
         """Replace the projection by draw number ``index`` (off the hot path: every N steps)."""
         self.projection.copy_(self._draw(index))
 
-    def features(self, x: Tensor, is_query: bool) -> Tensor:
-        return favor_features(x, self.projection, is_query=is_query)
+    def get_extra_state(self) -> Tensor:
+        return torch.tensor(self.steps)
+
+    def set_extra_state(self, state: Tensor) -> None:
+        self.steps = int(state)
+
+    def feature_pair(self, q, k):
+        return favor_feature_pair(q, k, self.projection)
+
+    @torch.compiler.disable  # Python-side bookkeeping: compiled graphs must not guard on steps
+    def _count_step(self) -> None:
+        if self.steps > 0 and self.steps % self.redraw_interval == 0:
+            self.redraw(self.steps // self.redraw_interval)
+        self.steps += 1
 
     def forward(self, q, k, v, relative, grid):
         if self.training and self.redraw_interval > 0:
-            step = int(self.steps)
-            if step > 0 and step % self.redraw_interval == 0:
-                self.redraw(step // self.redraw_interval)
-            self.steps += 1
+            self._count_step()
         return super().forward(q, k, v, relative, grid)
+
+
+def _steps_buffer_to_extra_state(module, state_dict, prefix, *args) -> None:
+    """Load hook: a checkpoint saved when ``steps`` was a buffer stores it under ``steps``."""
+    if prefix + "steps" in state_dict:
+        state_dict.setdefault(prefix + "_extra_state", state_dict.pop(prefix + "steps"))
 
 
 class ReluKernel(LinearKernel):
@@ -153,26 +174,34 @@ class ReluKernel(LinearKernel):
             )
         else:
             self.feature_proj = None
+        self.reset_parameters()
 
     @property
     def feature_count(self) -> int:
         return self.head_dim if self.feature_proj is None else self.feature_proj.out_features
 
-    def features(self, x: Tensor, is_query: bool) -> Tensor:
+    def reset_parameters(self) -> None:
+        """Learned projection: stacked blocks of orthonormal rows (unit norm, like the identity),
+        so features start at the scale of ``q d^-1/4``, far above the 1e-3 epsilon."""
+        if self.feature_proj is not None:
+            with torch.no_grad():
+                for block in self.feature_proj.weight.split(self.head_dim):
+                    nn.init.orthogonal_(block)
+
+    def feature_pair(self, q, k):
         weight = None if self.feature_proj is None else self.feature_proj.weight
-        return relu_features(x, weight)
+        return relu_features(q, weight), relu_features(k, weight)
 
 
 class ExpKernel(LinearKernel):
     """Deterministic EXP kernel, ``phi(x) = exp(x d^-1/4 - s)`` element-wise, no projection
-    (``s`` the same detached stabiliser as FAVOR+). A positive feature map with m = d."""
+    (stabilised jointly like FAVOR+, :func:`exp_feature_pair`). A positive map with m = d."""
 
-    def features(self, x: Tensor, is_query: bool) -> Tensor:
-        compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            x = x.to(compute_dtype) * x.shape[-1] ** -0.25
-            dims = (-1,) if is_query else (-2, -1)
-            return torch.exp(x - x.detach().amax(dim=dims, keepdim=True))
+    def feature_pair(self, q, k):
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+            scale = q.shape[-1] ** -0.25
+            return exp_feature_pair(q.to(dtype) * scale, k.to(dtype) * scale)
 
 
 class LearnableKernel(LinearKernel):
@@ -191,5 +220,5 @@ class LearnableKernel(LinearKernel):
     def feature_count(self) -> int:
         return self.feature_weight.shape[0]
 
-    def features(self, x: Tensor, is_query: bool) -> Tensor:
-        return favor_features(x, self.feature_weight, is_query=is_query)
+    def feature_pair(self, q, k):
+        return favor_feature_pair(q, k, self.feature_weight)

@@ -117,8 +117,17 @@ class VisionTransformer(nn.Module):
 
     def _init_weights(self) -> None:
         """ViT initialisation: truncated-normal(0.02) linears and embeddings, zero biases,
-        fan-in scaled patch embedding."""
+        fan-in scaled patch embedding. Attention kernels keep their own initialisation (e.g. the
+        ReLU kernel's orthogonal feature projection): 0.02 would shrink features to ~1e-3."""
+        kernel_parts = {
+            id(part)
+            for kernel in self.modules()
+            if isinstance(kernel, AttentionKernel)
+            for part in kernel.modules()
+        }
         for module in self.modules():
+            if id(module) in kernel_parts:
+                continue
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 if module.bias is not None:
