@@ -45,15 +45,17 @@ def write_run(
     labels: np.ndarray | None = None,
     predictions: bool = True,
     accuracy: float | None = None,
+    options: dict | None = None,
 ) -> Path:
     """A finished run folder: metrics.json and (if ``predictions``) test_predictions.npz with
     the true class predicted where ``correct`` (another class elsewhere)."""
     correct = np.asarray(correct, dtype=bool)
     labels = np.arange(correct.size) % 10 if labels is None else labels
     log_prob = np.where(correct, math.log(0.8), math.log(0.1))
-    run = root / model / f"seed{seed}"
+    run = root / model / "-".join(f"{k}{v}" for k, v in (options or {}).items()) / f"seed{seed}"
     run.mkdir(parents=True)
-    config = {"model": model, "seed": seed, "dataset": "mnist", "epochs": 1, "model_options": {}}
+    config = {"model": model, "seed": seed, "dataset": "mnist", "epochs": 1}
+    config["model_options"] = options or {}
     (run / "config.json").write_text(json.dumps(config))
     metrics = {
         "model": model,
@@ -207,7 +209,13 @@ def test_comparisons_on_run_folders(tmp_path):
     # not as 20 independent pairs (pooled McNemar: 0.0118)
     assert kernel["p_value"] == pytest.approx(0.109375, abs=1e-12)
     assert kernel["image_ci"][0] < -0.006 < kernel["image_ci"][1]
-    assert kernel["nll_difference"] == pytest.approx(0.006 * (math.log(0.8) - math.log(0.1)))
+    # NLL per image is -log 0.8 where right, -log 0.1 where wrong: its difference is -log 8
+    # times the accuracy difference, in every bootstrap resample too
+    log8 = math.log(8)
+    assert kernel["nll_difference"] == pytest.approx(0.006 * log8)
+    assert kernel["nll_seed_ci"] == pytest.approx([0.006 * log8] * 2)
+    low, high = kernel["image_ci"]
+    assert kernel["nll_image_ci"] == pytest.approx([-log8 * high, -log8 * low], abs=1e-12)
 
     position = records[("favor-rope", "favor-ape")]
     assert position["kind"] == "position"
@@ -224,6 +232,34 @@ def test_comparisons_on_run_folders(tmp_path):
         None if p is None else p < 0.05 for p in adjusted
     ]
     assert position["significant"] is True and kernel["significant"] is False
+
+
+def test_comparisons_keep_options_and_feature_counts(tmp_path):
+    flags = np.ones(100, bool)
+    for model, options in (
+        ("favor-ape", {}),
+        ("favor-rope", {}),
+        ("favor-rope", {"rope_mode": "mixed"}),
+        ("softmax-rope", {"rope_mode": "mixed"}),
+        ("favor-ape", {"nb_features": 16}),
+        ("favor-rpe", {"nb_features": 16}),
+    ):
+        write_run(tmp_path, model, 1, flags, options=options)
+    _, records, _ = analyse(tmp_path)
+    assert set(records) == {
+        ("favor-ape", "softmax-ape"),
+        ("favor-ape m=16", "softmax-ape"),  # the softmax reference has no feature count
+        ("favor-rope", "softmax-rope"),
+        ("favor-rope rope_mode=mixed", "softmax-rope rope_mode=mixed"),
+        ("favor-rpe m=16", "softmax-rpe"),
+        ("favor-rope", "favor-ape"),
+        ("favor-rope rope_mode=mixed", "favor-ape rope_mode=mixed"),  # not run: n/a
+        ("softmax-rope rope_mode=mixed", "softmax-ape rope_mode=mixed"),
+        ("favor-rpe m=16", "favor-ape m=16"),
+    }
+    assert records[("favor-rpe m=16", "favor-ape m=16")]["p_value"] == 1.0  # both always right
+    missing = records[("favor-rope rope_mode=mixed", "favor-ape rope_mode=mixed")]
+    assert missing["notes"] == ["no favor-ape rope_mode=mixed runs"]
 
 
 def test_gap_closed_interval_contains_the_true_value(tmp_path):
