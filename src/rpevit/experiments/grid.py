@@ -50,7 +50,7 @@ from rpevit.training.run import CHECKPOINT_DIR, LAST
 #: Config fields that must agree between an existing run folder and the grid's config: the run
 #: identity, the training length and the initial weights (a finished shorter run, or one
 #: trained from scratch, is not the requested result).
-GRID_IDENTITY = (*RUN_IDENTITY, "epochs", "max_steps", "init_from")
+GRID_IDENTITY = (*RUN_IDENTITY, "epochs", "min_steps", "max_steps", "init_from")
 
 
 @dataclass(frozen=True)
@@ -220,6 +220,8 @@ def config_mismatch(run_dir: Path, config: TrainConfig) -> list[str]:
     stored = _stored_config(run_dir)
     if stored is None:
         return []
+    if stored.get("requested_epochs") is not None:  # compare the request, not what
+        stored = {**stored, "epochs": stored["requested_epochs"]}  # --min-steps made of it
     current = config.to_dict()
     return [
         f"{key}: {stored[key]!r} in the folder, {current[key]!r} now"

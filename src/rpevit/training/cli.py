@@ -107,6 +107,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--label-smoothing", type=float, help="default 0.1")
     g.add_argument("--grad-clip", type=float, help="gradient norm clip (default 1.0; 0 = off)")
     g.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    g.add_argument(
+        "--min-steps",
+        type=int,
+        help="train at least this many optimizer steps, raising the epochs on small data "
+        "(default: the preset's minimum when --epochs is not given; 0 = off)",
+    )
     g.add_argument("--seed", type=int, help="training seed (default 0)")
     g.add_argument("--split-seed", type=int, help="seed of the train/val split (default 42)")
 
@@ -136,6 +142,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--strategy", help="Lightning strategy, e.g. auto, ddp (default: auto)")
     g.add_argument("--precision", help=f"one of {', '.join(PRECISIONS)} (default: 32-true)")
     g.add_argument("--threads", type=int, help="torch CPU threads")
+    g.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="torch.compile (inductor) the model for training; eager with a one-line note "
+        "where it cannot compile",
+    )
     g.add_argument("--num-workers", type=int, help="threads decoding imagefolder images")
     g.add_argument("--no-progress", dest="progress_bar", action="store_false", default=None)
     g.add_argument("--log-every-n-steps", type=int, help="logging period in steps (default 50)")

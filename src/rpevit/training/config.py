@@ -8,6 +8,7 @@ win. The resolved config is what a run records
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -60,7 +61,30 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             epochs=5, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_epochs=0.5,
         ),
     },
+    "study": {
+        "mnist": dict(
+            patch_size=4, dim=64, depth=3, heads=4, mlp_dim=128,
+            epochs=3, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_epochs=0.3,
+        ),
+        "cifar10": dict(
+            patch_size=4, dim=64, depth=3, heads=4, mlp_dim=128,
+            epochs=3, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_epochs=0.3,
+        ),
+        "cifar100": dict(
+            patch_size=4, dim=64, depth=3, heads=4, mlp_dim=128,
+            epochs=3, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_epochs=0.3,
+        ),
+        "imagefolder": dict(
+            patch_size=8, dim=64, depth=3, heads=4, mlp_dim=128,
+            epochs=3, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_epochs=0.3,
+        ),
+    },
 }  # fmt: skip
+
+#: Minimum optimiser steps per preset when the epochs come from the preset: a small training
+#: set (e.g. an image folder of ~1,000 images, a few steps per epoch) gets more epochs instead
+#: of a schedule too short to learn anything (:func:`apply_min_steps`).
+MIN_STEPS = {"paper": 5000, "quick": 1500, "study": 1000}
 
 #: Fields that define the model or the data a checkpoint was trained on: resuming with a
 #: different value would silently train something else.
@@ -112,6 +136,12 @@ class TrainConfig:
     label_smoothing: float = 0.1
     grad_clip: float | None = 1.0
     max_steps: int | None = None
+    #: at least this many optimiser steps: fewer epochs-worth of data raises the epochs (and
+    #: warm-up in proportion); None: the preset's (MIN_STEPS) if epochs come from the preset,
+    #: else 0 (off)
+    min_steps: int | None = None
+    #: the epochs before ``min_steps`` raised them (set by :func:`apply_min_steps`, else None)
+    requested_epochs: int | None = None
     # data
     data_dir: str | None = None
     split_seed: int = 42
@@ -141,6 +171,9 @@ class TrainConfig:
     precision: str = "32-true"
     deterministic: bool | str | None = None
     threads: int | None = None
+    #: torch.compile (inductor) the model for training and validation; eager if it cannot
+    #: compile. Not part of the run identity: it changes speed, not the model.
+    compile: bool = False
     # reporting
     progress_bar: bool = True
     log_every_n_steps: int = 50
@@ -201,6 +234,8 @@ def resolve_config(config: TrainConfig | Mapping[str, Any]) -> TrainConfig:
     spec = get_spec(config.dataset)
     if config.preset not in PRESETS:
         raise ConfigError(f"unknown preset {config.preset!r}; choose one of {', '.join(PRESETS)}")
+    if config.min_steps is None:  # the preset's minimum only guards the preset's epochs
+        config.min_steps = MIN_STEPS[config.preset] if config.epochs is None else 0
     for key, value in PRESETS[config.preset][config.dataset].items():
         if getattr(config, key) is None:
             setattr(config, key, value)
@@ -209,6 +244,8 @@ def resolve_config(config: TrainConfig | Mapping[str, Any]) -> TrainConfig:
     _positive(config, "max_val_samples", "max_test_samples", "image_size", "in_chans")
     _positive(config, "checkpoint_every_n_steps", "num_nodes", "threads", "inference_batch_size")
     _positive(config, "log_every_n_steps")
+    if config.min_steps < 0:
+        raise ConfigError(f"min-steps must be >= 0 (0: off), got {config.min_steps}")
     if config.weight_decay < 0 or config.warmup_epochs < 0 or not 0 <= config.min_lr_ratio <= 1:
         raise ConfigError("weight decay and warm-up must be >= 0 and min-lr-ratio in [0, 1]")
     if not 0 <= config.label_smoothing < 1:
@@ -261,3 +298,33 @@ def identity_mismatch(stored: Mapping[str, Any], config: TrainConfig) -> list[st
         for key in RUN_IDENTITY
         if key in stored and stored[key] != current[key]
     ]
+
+
+def steps_per_epoch(train_samples: int, batch_size: int) -> int:
+    """Optimiser steps in one epoch of ``train_samples`` images (single process, last partial
+    batch included)."""
+    return -(-train_samples // batch_size)
+
+
+def apply_min_steps(config: TrainConfig, train_samples: int) -> TrainConfig:
+    """``config`` with epochs raised so that training takes at least ``config.min_steps``
+    optimiser steps on ``train_samples`` images, warm-up scaled by the same factor (it keeps
+    its share of the schedule); the original epochs go to ``requested_epochs``. Unchanged if
+    the epochs already give enough steps (or ``min_steps`` is 0)."""
+    per_epoch = steps_per_epoch(train_samples, config.batch_size)
+    if not config.min_steps or config.epochs * per_epoch >= config.min_steps:
+        return config
+    epochs = -(-config.min_steps // per_epoch)
+    print(
+        f"rpevit: {train_samples:,} training images give {per_epoch} steps per epoch: training "
+        f"{epochs} epochs instead of {config.epochs} (at least {config.min_steps:,} optimiser "
+        "steps, --min-steps; --epochs or --min-steps 0 turn this off)",
+        file=sys.stderr,
+    )
+    return dataclasses.replace(
+        config,
+        epochs=epochs,
+        warmup_epochs=config.warmup_epochs * epochs / config.epochs,
+        requested_epochs=config.epochs,
+        model_options=dict(config.model_options),
+    )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import sys
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -88,15 +90,58 @@ class ImageClassifier(L.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_loss = MeanMetric()
         self._loss: torch.Tensor | None = None
+        #: set by :meth:`use_compile`; the compiled forward is built in each process at fit start
+        self.compile_requested = False
+        self._compiled: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+    def use_compile(self, enabled: bool = True) -> None:
+        """Run training and validation forwards through ``torch.compile`` (inductor).
+
+        The compiled function wraps ``self.model.forward``, so parameters, state-dict keys and
+        checkpoints are those of the eager model. Evaluation of checkpoints stays eager.
+        """
+        self.compile_requested = enabled
+
+    def on_fit_start(self) -> None:
+        self._compiled = None
+        if self.compile_requested:
+            try:  # static shapes: one graph per batch size (the last batch adds one)
+                self._compiled = torch.compile(self.model.forward, dynamic=False)
+            except Exception as e:  # e.g. no dynamo for this Python version
+                self._compile_failed(e)
+
+    def _compile_failed(self, error: Exception) -> None:
+        """Switch to eager for the rest of the run, saying why in one line."""
+        self._compiled = None
+        first = (str(error).strip().splitlines() or [""])[0][:200]
+        print(
+            f"rpevit: --compile: torch.compile cannot compile this model here "
+            f"({type(error).__name__}: {first}); continuing eagerly",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def _run(self, images: torch.Tensor) -> torch.Tensor:
+        """The model's logits, compiled if requested and possible, else eager.
+
+        Compilation happens at a graph's first call; if it fails, the same batch runs eagerly
+        (a genuine error in the model then raises from the eager call).
+        """
+        if self._compiled is not None:
+            try:
+                return self._compiled(images)
+            except Exception as e:
+                self._compile_failed(e)
         return self.model(images)
 
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
     ) -> torch.Tensor:
         images, labels = batch
-        logits = self.model(images)
+        logits = self._run(images)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.hparams.label_smoothing)
         self._loss = loss.detach()
         self.train_acc(logits, labels)
@@ -137,7 +182,7 @@ class ImageClassifier(L.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, labels = batch
-        logits = self.model(images)
+        logits = self._run(images)
         self.val_loss.update(F.cross_entropy(logits.float(), labels), weight=len(labels))
         self.val_acc.update(logits, labels)
         self.log("val/loss", self.val_loss, on_epoch=True, batch_size=len(labels))

@@ -65,6 +65,7 @@ from rpevit.training.checkpointing import (
 )
 from rpevit.training.config import (
     TrainConfig,
+    apply_min_steps,
     check_precision,
     identity_mismatch,
     resolve_config,
@@ -168,6 +169,7 @@ def build_trainer(
             mode="max",
             save_top_k=1,
             save_last=True,
+            save_weights_only=False,  # full training states: resume needs the optimizer
             auto_insert_metric_name=False,
             enable_version_counter=False,
         ),
@@ -180,6 +182,7 @@ def build_trainer(
                 save_top_k=0,
                 save_last=True,
                 every_n_train_steps=config.checkpoint_every_n_steps,
+                save_weights_only=False,
                 enable_version_counter=False,
             )
         )
@@ -258,6 +261,9 @@ def train(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[L.Call
     if config.init_from and resume_from is None:  # a resumed run has its weights already
         module.hparams.init_from = transfer_weights(module.model, config.init_from)
     datamodule.setup()
+    config = apply_min_steps(config, len(datamodule.data.train))  # small data: more epochs
+    module.hparams.update(warmup_epochs=config.warmup_epochs, config=config.to_dict())
+    module.use_compile(config.compile)
     timer = EpochTimer()
     stopper = GracefulStop(run_dir / CHECKPOINT_DIR / LAST)
     trainer = build_trainer(config, run_dir, [timer, stopper, *callbacks])
