@@ -513,7 +513,7 @@ def write_csv(
     columns += ["source_epochs", "runs", "seeds"]
     for metric in METRICS:
         columns += [f"{metric.key}_mean", f"{metric.key}_std"]
-    columns += ["test_accuracy_ci_low", "test_accuracy_ci_high", "gap_to_softmax", "gap_closed"]
+    columns += ["gap_to_softmax", "gap_closed", "test_accuracy_ci_low", "test_accuracy_ci_high"]
     columns += ["gap_closed_ci_low", "gap_closed_ci_high", "gap_closed_note"]
     with atomic_write(path, "w") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
