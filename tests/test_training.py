@@ -24,7 +24,7 @@ from rpevit.training import (
     train,
     warmup_cosine,
 )
-from rpevit.training.config import check_precision
+from rpevit.training.config import MIN_STEPS, apply_min_steps, check_precision
 
 METRIC_KEYS = {
     "model",
@@ -95,6 +95,44 @@ def test_presets_fill_only_unset_fields():
         512,
         100,
     )
+
+
+@pytest.mark.parametrize(("dataset", "tokens"), [("cifar10", 64), ("mnist", 49)])
+def test_study_preset_tokenises_at_patch_4(dataset, tokens):
+    config = resolve_config({"model": "softmax-ape", "dataset": dataset, "preset": "study"})
+    size = {"cifar10": 32, "mnist": 28}[dataset]
+    assert (size // config.patch_size) ** 2 == tokens
+    assert config.to_dict()["preset"] == "study" and config.min_steps == MIN_STEPS["study"]
+
+
+def test_small_training_sets_get_the_preset_minimum_of_optimiser_steps():
+    config = resolve_config({"model": "relu-ape", "dataset": "imagefolder", "preset": "quick"})
+    assert (config.epochs, config.min_steps, config.warmup_epochs) == (5, 1500, 0.5)
+    small = apply_min_steps(config, 1300)  # 11 steps of 128 per epoch: 55 steps in 5 epochs
+    assert small.epochs == 137 and 137 * 11 >= 1500 > 136 * 11  # the fewest epochs that do
+    assert small.requested_epochs == 5 and small.warmup_epochs == pytest.approx(0.5 * 137 / 5)
+    assert apply_min_steps(config, 55_000) == config  # 430 steps x 5 epochs suffice
+    explicit = resolve_config({"model": "relu-ape", "preset": "quick", "epochs": 5})
+    assert explicit.min_steps == 0 and apply_min_steps(explicit, 1300) == explicit
+    both = resolve_config({"model": "relu-ape", "epochs": 2, "min_steps": 100, "batch_size": 50})
+    assert apply_min_steps(both, 1000).epochs == 5  # 20 steps per epoch
+    with pytest.raises(ConfigError, match="min-steps"):
+        resolve_config({"model": "relu-ape", "min_steps": -1})
+
+
+def test_a_small_run_trains_the_minimum_and_records_it(tmp_path, capsys):
+    from rpevit.experiments.grid import config_mismatch
+
+    overrides = dict(max_train_samples=128, epochs=None, min_steps=12, run_name="small", **TINY)
+    train(tiny_run(tmp_path, **overrides))  # 2 steps per epoch: 5 preset epochs are 10 steps
+    assert "training 6 epochs instead of 5" in capsys.readouterr().err
+    stored = json.loads((tmp_path / "small" / "config.json").read_text())
+    assert (stored["epochs"], stored["requested_epochs"], stored["min_steps"]) == (6, 5, 12)
+    last = load_checkpoint(tmp_path / "small" / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == 12 and last["hyper_parameters"]["config"]["epochs"] == 6
+    # a grid re-run compares the request (5 preset epochs), so it accepts the folder
+    again = resolve_config(tiny_run(tmp_path, **overrides))
+    assert again.epochs == 5 and config_mismatch(tmp_path / "small", again) == []
 
 
 @pytest.mark.parametrize(
