@@ -356,6 +356,7 @@ def test_report_statistics_section(tmp_path):
         write_run(tmp_path, "softmax-ape", seed, exactly(1000, 900 + seed, rng))
         write_run(tmp_path, "favor-ape", seed, exactly(1000, 800, rng))
         write_run(tmp_path, "favor-rpe", seed, exactly(1000, 851, rng))
+    write_run(tmp_path, "favor-rpe", 1, exactly(1000, 700, rng), options={"nb_features": 16})
     summary = build_report(tmp_path, tmp_path / "report")
     text = (tmp_path / "report" / "results.md").read_text()
     assert "## Statistics" in text and "McNemar's exact test" in text
@@ -377,6 +378,7 @@ def test_report_statistics_section(tmp_path):
     assert (
         rows["favor-rpe"]["gap_closed_note"] == "" and rows["favor-ape"]["gap_closed_ci_low"] == ""
     )
+    assert rows["favor-rpe m=16"]["gap_closed_ci_low"] == ""  # only the plain model's row
     low = float(rows["softmax-ape"]["test_accuracy_ci_low"])
     assert low == pytest.approx(0.902 - T_975_2 * 0.001 / math.sqrt(3), abs=1e-12)
     with (tmp_path / "report" / "comparisons.csv").open() as f:
