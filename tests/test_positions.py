@@ -346,7 +346,7 @@ def test_favor_converges_to_softmax_with_same_weights(position):
 
 def test_softmax_rpe_bias_is_the_relative_table():
     table = torch.randn(1, 3, 5, dtype=F64)
-    dense = dense_relative_matrix(table, 2, 3, 1, fill=0.0)[0]
+    dense = dense_relative_matrix(table, 2, 3, 1)[0]
     assert torch.equal(dense[0], torch.zeros(7, dtype=F64))
     assert torch.equal(dense[:, 0], torch.zeros(7, dtype=F64))
     # token (0, 2) -> token (1, 0): offset (1, -2) -> table index (1 + 1, -2 + 2)

@@ -6,11 +6,27 @@ Two exact algorithms are provided and chosen by size:
 
 - ``quadratic``: ``((phi(Q) phi(K)^T) * C) V`` with row normalisation, O(N^2 (m + d)) time,
   computed in blocks of query rows so memory is O(block x N), never a full N x N matrix;
-- ``fft``: the block-Toeplitz product ``C X`` for ``X_j = phi(k_j) [v_j, 1]^T`` via FFTs over the
-  grid zero-padded to at least ``(2H - 1) x (2W - 1)``, O(N log N m d) time.
+- ``fft``: the block-Toeplitz product ``C X`` for the ``m (d + 1)`` channels
+  ``X_j = phi(k_j) [v_j, 1]^T`` by real FFTs over the grid zero-padded to fast sizes
+  ``>= (2H - 1) x (2W - 1)``, O(N log N m d) time, O(N (m + d)) memory. A custom autograd
+  function runs forward and backward channel chunk by chunk (backward: the correlation with the
+  conjugate spectrum, and the table gradient from the same transforms).
 
-Both process their work in chunks; when there is more than one chunk and gradients are needed,
-each chunk is recomputed in backward (activation checkpointing), bounding peak memory.
+Numerics. Both paths divide every row by ``exp(s_i)``, ``s_i`` the largest log-weight row ``i``
+can reach (a sliding-window max of the table; at least 0 with prefix tokens, whose weight is
+1), which cancels between numerator and denominator: no weight exceeds 1 and every row keeps a
+weight of exactly 1, so any table gives finite output, and the quadratic form (sums of positive
+terms) is exact to rounding, like softmax. An FFT has a *global* absolute error ~ eps * |c| *
+|x| in every output, so a row whose weights lie far below the table's largest loses relative
+accuracy (float32, one transform: 3e-2 relative error for the table ``8 tanh(dr)``, 8 for
+``16 tanh(dr)``). So the ``fft`` path (i) transforms float32 inputs in float32 only while
+``G = max_i (max_j s_j - s_i) <= FFT_FLAT`` (nearly flat tables, e.g. the zero init) and in
+float64 otherwise, and (ii) groups rows into bands of ``s_i`` of width ``FFT_BAND``, each with
+its own transform of the table clipped to the offsets its rows can reach (exact: the removed
+entries are out of their reach), so no row lies more than ``exp(FFT_BAND)`` below its band's
+largest weight. Guarantee (measured, tests/test_toeplitz.py): float32 results within a few
+float32 roundings of exact (relative error per row <= 2e-6; 3e-7 for ``a tanh(dr)``,
+a = 8, 12, 16), float64 results within 1e-9 relative error.
 """
 
 from __future__ import annotations
@@ -18,19 +34,31 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 from rpevit.attention.functional import DENOMINATOR_EPS
 
 #: Patch-token count from which ``method="auto"`` switches from the quadratic form to the FFT.
-#: Measured with ``rpevit bench layer`` on a 2-core CPU (8 heads, d = 32, m = 64): the FFT path
-#: overtakes the blocked quadratic form at about 12k tokens (see README, Benchmarks).
 FFT_THRESHOLD = 12288
 
-#: Bytes one chunk's largest intermediate may occupy; bounds both paths' peak memory.
+#: Bytes one quadratic-form block of query rows may occupy; bounds its peak memory.
 CHUNK_BYTES = 128 * 2**20
+
+#: Bytes of one FFT channel chunk's spectrum: small enough to stay in a core's cache.
+FFT_CHUNK_BYTES = 2**20
+
+#: The FFT path keeps its ``[B, h, m, d + 1, N]`` forward output for backward when it is at most
+#: this large, and recomputes it from the input transforms otherwise.
+FFT_SAVE_BYTES = 512 * 2**20
+
+#: The FFT path transforms float32 inputs in float32 only if every row's largest reachable
+#: log-weight is within this of the table's maximum (measured error <= 2e-6), else in float64.
+FFT_FLAT = 1.0
+
+#: Width (in log-weight) of the FFT path's row bands: see the module docstring.
+FFT_BAND = 8.0
 
 
 def toeplitz_rows(table: Tensor, height: int, width: int, start: int = 0, stop: int | None = None):
@@ -48,12 +76,54 @@ def toeplitz_rows(table: Tensor, height: int, width: int, start: int = 0, stop: 
     return rows.reshape(table.shape[0], (stop - start) * width, height * width)
 
 
+class _DenseBias(torch.autograd.Function):
+    """``[h, 2H-1, 2W-1] -> [h, P+N, P+N]`` in one pass into the target tensor; backward sums
+    each query row's window of the gradient back into the table."""
+
+    @staticmethod
+    def forward(ctx, table: Tensor, height: int, width: int, prefix: int, dtype) -> Tensor:
+        heads, n = table.shape[0], height * width
+        out = table.new_empty(heads, prefix + n, prefix + n, dtype=dtype)
+        out[:, :prefix].zero_()
+        out[:, prefix:, :prefix].zero_()
+        # Query (r, c) reads the table window starting at (H-1-r, W-1-c).
+        windows = table.to(dtype).unfold(1, height, 1).unfold(2, width, 1)  # [h, H, W, H, W]
+        for r in range(height):
+            rows = out[:, prefix + r * width : prefix + (r + 1) * width, prefix:]
+            rows.unflatten(-1, (height, width)).copy_(windows[:, height - 1 - r].flip(1))
+        ctx.shape = (height, width, prefix, table.dtype)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        height, width, prefix, dtype = ctx.shape
+        heads = grad.shape[0]
+        patch = grad[:, prefix:, prefix:].unflatten(1, (height, width))
+        patch = patch.unflatten(3, (height, width))  # [h, H, W, H, W]
+        out = grad.new_zeros(heads, 2 * height - 1, 2 * width - 1)
+        for r in range(height):
+            windows = patch[:, r].flip(1).permute(0, 2, 1, 3)  # [h, H, W (start col), W]
+            out[:, height - 1 - r : 2 * height - 1 - r] += torch.ops.aten.unfold_backward(
+                windows, [heads, height, 2 * width - 1], 2, width, 1
+            )
+        return out.to(dtype), None, None, None, None
+
+
 def dense_relative_matrix(
-    table: Tensor, height: int, width: int, num_prefix: int, fill: float
+    table: Tensor, height: int, width: int, num_prefix: int, dtype: torch.dtype | None = None
 ) -> Tensor:
-    """Expand a per-head table ``[h, 2H-1, 2W-1]`` to ``[h, P+N, P+N]``; prefix rows/cols = fill."""
-    dense = toeplitz_rows(table, height, width)
-    return F.pad(dense, (num_prefix, 0, num_prefix, 0), value=fill)
+    """Expand a per-head table ``[h, 2H-1, 2W-1]`` to ``[h, P+N, P+N]`` (prefix rows and columns
+    0) in ``dtype`` (default: the table's), built once, directly in the target tensor."""
+    return _DenseBias.apply(table, height, width, num_prefix, dtype or table.dtype)
+
+
+def row_stabiliser(log_c: Tensor, height: int, width: int, num_prefix: int) -> Tensor:
+    """``s_i`` ``[h, N]``: the largest log-weight patch query ``i`` can reach (the max of the
+    table window of offsets ``r_j - r_i``), at least 0 if prefix tokens (weight 1) exist."""
+    windows = log_c.unfold(-1, width, 1).amax(-1).unfold(-2, height, 1).amax(-1)  # [h, H, W]
+    shift = windows.flip(-2, -1).reshape(log_c.shape[0], height * width)
+    return shift.clamp_min(0.0) if num_prefix else shift
 
 
 def _chunked(fn: Callable[..., Tensor], chunks: list, *args) -> list[Tensor]:
@@ -63,21 +133,23 @@ def _chunked(fn: Callable[..., Tensor], chunks: list, *args) -> list[Tensor]:
     return [fn(chunk, *args) for chunk in chunks]
 
 
-def _quadratic_rows(rows: tuple[int, int], qf, kf, v_ext, weights, height, width) -> Tensor:
-    """Queries in grid rows ``rows`` of ``((qf kf^T) * C) v_ext`` for patch tokens."""
-    block = toeplitz_rows(weights, height, width, *rows)  # [h, rows * W, N]
-    q_block = qf[:, :, rows[0] * width : rows[1] * width]
-    return ((q_block @ kf.transpose(-1, -2)) * block) @ v_ext
+def _quadratic_rows(rows: tuple[int, int], qf, kf, v_ext, log_c, shift, height, width) -> Tensor:
+    """Queries in grid rows ``rows`` of ``((qf kf^T) * C) v_ext``, row ``i`` scaled by
+    ``exp(-s_i)``."""
+    span = slice(rows[0] * width, rows[1] * width)
+    block = toeplitz_rows(log_c, height, width, *rows)  # [h, rows * W, N]
+    block = block.sub_(shift[:, span, None]).exp_()
+    return ((qf[:, :, span] @ kf.transpose(-1, -2)) * block) @ v_ext
 
 
-def _toeplitz_quadratic(qf, kf, v_ext, log_c, height, width) -> Tensor:
+def _toeplitz_quadratic(qf, kf, v_ext, log_c, shift, height, width) -> tuple[Tensor, Tensor]:
+    """Patch rows of ``(C * (qf kf^T)) v_ext`` scaled by ``exp(-shift)``, and that log-scale."""
     batch, heads, n, _ = qf.shape
-    weights = log_c.exp()  # exp on the small table, then expand
     row_bytes = batch * heads * width * n * qf.element_size()
     block = max(1, min(height, CHUNK_BYTES // max(row_bytes, 1)))
     chunks = [(s, min(s + block, height)) for s in range(0, height, block)]
-    parts = _chunked(_quadratic_rows, chunks, qf, kf, v_ext, weights, height, width)
-    return torch.cat(parts, dim=2)
+    parts = _chunked(_quadratic_rows, chunks, qf, kf, v_ext, log_c, shift, height, width)
+    return torch.cat(parts, dim=2), shift
 
 
 def _fft_size(n: int) -> int:
@@ -92,38 +164,157 @@ def _fft_size(n: int) -> int:
         n += 1
 
 
-def _fft_kernel(log_c: Tensor, height: int, width: int, size: tuple[int, int]) -> Tensor:
-    """2D spectrum ``[h, LH, LW/2+1]`` of the convolution kernel ``K[t] = c(-t)``, laid out
-    circularly on ``size``: then ``(C x)_i = sum_j K[i - j] x_j`` is a circular convolution."""
-    flipped = log_c.flip(-2, -1).exp()  # flipped[t + H - 1] = c(-t)
-    padded = F.pad(flipped, (0, size[1] - (2 * width - 1), 0, size[0] - (2 * height - 1)))
-    circular = torch.roll(padded, shifts=(-(height - 1), -(width - 1)), dims=(-2, -1))
-    return torch.fft.rfft2(circular)
+def _spectra(weights: Tensor, height: int, width: int, size: tuple[int, int]) -> Tensor:
+    """Spectra ``[..., LW/2+1, LH]`` of the convolution kernels ``K[t] = c(-t)`` laid out
+    circularly on ``size`` (then ``(C x)_i = sum_j K[i - j] x_j`` is a circular convolution),
+    transposed to match :func:`_transform`."""
+    flipped = weights.flip(-2, -1)  # flipped[t + H - 1] = c(-t)
+    pad = (0, size[1] - (2 * width - 1), 0, size[0] - (2 * height - 1))
+    circular = torch.roll(torch.nn.functional.pad(flipped, pad), (1 - height, 1 - width), (-2, -1))
+    return torch.fft.rfft2(circular).transpose(-1, -2).contiguous()
 
 
-def _fft_features(features: slice, qf, kf, v_ext, spectrum, height, width, size) -> Tensor:
-    """``sum_{a in features} qf_a * (C (kf_a v_ext^T))`` via separable FFTs: the zero rows of the
-    padded input and the discarded rows of the output are never transformed."""
-    batch, heads, n, _ = kf.shape
-    k_block = kf[..., features]
-    x = k_block.unsqueeze(-1) * v_ext.unsqueeze(-2)  # [B, h, N, mc, d+1]
-    x = x.permute(0, 1, 3, 4, 2).reshape(batch, heads, k_block.shape[-1], -1, height, width)
-    x = torch.fft.fft(torch.fft.rfft(x, n=size[1], dim=-1), n=size[0], dim=-2)
-    y = torch.fft.ifft(x * spectrum[:, None, None], dim=-2)[..., :height, :]
-    y = torch.fft.irfft(y, n=size[1], dim=-1)[..., :width]
-    y = y.reshape(batch, heads, k_block.shape[-1], -1, n)
-    return torch.einsum("bhna,bhaen->bhne", qf[..., features], y)
+def _transform(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Zero-padded 2D real DFT of ``x [c, H, W]`` as ``[c, LW/2+1, LH]``: a real transform
+    along the contiguous W axis, then a complex one along H made the last axis."""
+    rows = torch.fft.rfft(x, n=size[1], dim=-1).transpose(-1, -2)
+    return torch.fft.fft(rows, n=size[0], dim=-1)
 
 
-def _toeplitz_fft(qf, kf, v_ext, log_c, height, width) -> Tensor:
-    batch, heads, _, feats = qf.shape
+def _inverse(spectrum: Tensor, height: int, width: int, size: tuple[int, int]) -> Tensor:
+    """Inverse of :func:`_transform`, cropped to the grid: ``[c, LW/2+1, LH] -> [c, H * W]``."""
+    rows = torch.fft.ifft(spectrum, dim=-1)[..., :height].transpose(-1, -2)
+    return torch.fft.irfft(rows, n=size[1], dim=-1)[..., :width].flatten(-2)
+
+
+class _ToeplitzFFT(torch.autograd.Function):
+    """``out[n, e] = sum_a qf[n, a] sum_k mask_k[n] (C_k (kf_a v_e))[n]`` over ``(b, h)`` and
+    feature chunks, ``C_k`` the block-Toeplitz matrices of ``weights[k]``, on feature-major
+    ``[channel, N]`` layouts (the grid contiguous). No complex tensor outlives a chunk;
+    backward re-transforms the inputs instead of saving spectra."""
+
+    @staticmethod
+    def forward(ctx, qf, kf, v, weights, masks, grid):
+        height, width, size, chunk = grid
+        batch, heads, n, feats = qf.shape
+        spectra = _spectra(weights, height, width, size)  # [nb, h, LW2, LH]
+        out = qf.new_empty(batch, heads, v.shape[-1], n)
+        keep = any(ctx.needs_input_grad) and out.numel() * feats * out.element_size() <= (
+            FFT_SAVE_BYTES
+        )
+        saved = qf.new_empty(batch, heads, feats, v.shape[-1], n) if keep else None
+        for b in range(batch):
+            for h in range(heads):
+                q_t, k_t, v_t = qf[b, h].T, kf[b, h].T.contiguous(), v[b, h].T.contiguous()
+                acc = out[b, h].zero_()
+                for a in range(0, feats, chunk):
+                    x = k_t[a : a + chunk, None] * v_t  # [a, e, N]
+                    x_hat = _transform(x.view(-1, height, width), size)
+                    y = _apply(x_hat, spectra[:, h], masks, h, height, width, size)
+                    y = y.view(x.shape)
+                    for i in range(y.shape[0]):
+                        acc.addcmul_(y[i], q_t[a + i])
+                    if keep:
+                        saved[b, h, a : a + chunk] = y
+        ctx.save_for_backward(qf, kf, v, weights, masks, saved)
+        ctx.grid = grid
+        return out.transpose(-1, -2)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        qf, kf, v, weights, masks, saved = ctx.saved_tensors
+        height, width, size, chunk = ctx.grid
+        need_q, need_k, need_v, need_w = ctx.needs_input_grad[:4]
+        batch, heads, n, feats = qf.shape
+        spectra = _spectra(weights, height, width, size)
+        grads = [torch.zeros_like(t.transpose(-1, -2)) for t in (qf, kf, v)]  # [.., ch, N]
+        corr = spectra.new_zeros(spectra.shape) if need_w else None
+        for b in range(batch):
+            for h in range(heads):
+                q_t, k_t = qf[b, h].T.contiguous(), kf[b, h].T.contiguous()
+                v_t, g_t = v[b, h].T.contiguous(), grad[b, h].T.contiguous()
+                for a in range(0, feats, chunk):
+                    s = slice(a, a + chunk)
+                    x_hat = None
+                    if need_w or (need_q and saved is None):
+                        x_hat = _transform((k_t[s, None] * v_t).view(-1, height, width), size)
+                    if need_q:
+                        y = saved[b, h, s] if saved is not None else None
+                        if y is None:
+                            y = _apply(x_hat, spectra[:, h], masks, h, height, width, size)
+                            y = y.view(-1, v_t.shape[0], n)
+                        grads[0][b, h, s] = (y * g_t).sum(1)
+                    if not (need_k or need_v or need_w):
+                        continue
+                    g_y = (q_t[s, None] * g_t).view(-1, height, width)  # [a * e, H, W]
+                    back = 0
+                    for k in _active(masks, h, spectra.shape[0]):
+                        g_k = g_y if masks is None else g_y * masks[k, h].view(height, width)
+                        g_hat = _transform(g_k, size)
+                        if need_w:
+                            corr[k, h] += (g_hat.conj() * x_hat).sum(0)
+                        if need_k or need_v:
+                            back = back + g_hat * spectra[k, h].conj()
+                    if need_k or need_v:
+                        g_x = _inverse(back, height, width, size).view(-1, v_t.shape[0], n)
+                        if need_k:
+                            grads[1][b, h, s] = (g_x * v_t).sum(1)
+                        if need_v:
+                            grads[2][b, h] += (g_x * k_t[s, None]).sum(0)
+        grad_w = None
+        if need_w:
+            # corr[k, h] is the spectrum of R(t) = sum_i g_k(i) x(i + t) = dL / dc_k(t).
+            full = torch.fft.irfft2(corr.transpose(-1, -2), s=size)
+            full = torch.roll(full, (height - 1, width - 1), (-2, -1))
+            grad_w = full[..., : 2 * height - 1, : 2 * width - 1].contiguous()
+        grad_q, grad_k, grad_v = (
+            g.transpose(-1, -2) if need else None
+            for g, need in zip(grads, (need_q, need_k, need_v), strict=True)
+        )
+        return grad_q, grad_k, grad_v, grad_w, None, None
+
+
+def _apply(x_hat, spectra, masks, head, height, width, size) -> Tensor:
+    """``sum_k mask_k * IFFT(x_hat * spectra[k])`` for one head: ``[c, N]``."""
+    if masks is None:
+        return _inverse(x_hat * spectra[0], height, width, size)
+    out = 0
+    for k in _active(masks, head, spectra.shape[0]):
+        out = out + masks[k, head] * _inverse(x_hat * spectra[k], height, width, size)
+    return out
+
+
+def _active(masks: Tensor | None, head: int, bands: int) -> list[int]:
+    """The bands holding at least one row of ``head``."""
+    if masks is None:
+        return list(range(bands))
+    return [k for k in range(bands) if masks[k, head].any()]
+
+
+def _toeplitz_fft(qf, kf, v_ext, log_c, shift, height, width) -> tuple[Tensor, Tensor]:
+    """Patch rows of ``(C * (qf kf^T)) v_ext`` by FFT, row ``i`` scaled by ``exp(-t_i)`` with
+    ``t_i`` the top of its band, and that log-scale (see the module docstring)."""
+    top = shift.amax(-1, keepdim=True)  # [h, 1]
+    index = ((top - shift) / FFT_BAND).floor()  # [h, N]: band of each row
+    flat = qf.dtype != torch.float64 and bool((top - shift).max() <= FFT_FLAT)
+    work = torch.float32 if flat else torch.float64
+    tops = top - FFT_BAND * torch.arange(int(index.max()) + 1, dtype=shift.dtype)  # [h, nb]
+    tops = tops.T[:, :, None, None]  # [nb, h, 1, 1]
+    # Offsets above a band's top are out of its rows' reach: weight 0 there (a full gradient at
+    # ties, unlike minimum/clamp).
+    weights = torch.where(log_c <= tops, log_c - tops, -torch.inf).exp()  # [nb, h, 2H-1, 2W-1]
+    masks = None
+    if tops.shape[0] > 1:
+        bands = torch.arange(tops.shape[0], dtype=shift.dtype)[:, None, None]
+        masks = (index == bands).to(work)  # [nb, h, N]
     size = (_fft_size(2 * height - 1), _fft_size(2 * width - 1))
-    spectrum = _fft_kernel(log_c, height, width, size)
-    bytes_per_feature = batch * heads * v_ext.shape[-1] * size[0] * (size[1] // 2 + 1) * 8
-    block = max(1, min(feats, CHUNK_BYTES // max(bytes_per_feature, 1)))
-    chunks = [slice(s, s + block) for s in range(0, feats, block)]
-    parts = _chunked(_fft_features, chunks, qf, kf, v_ext, spectrum, height, width, size)
-    return torch.stack(parts).sum(0) if len(parts) > 1 else parts[0]
+    itemsize = torch.finfo(work).bits // 8
+    per_feature = v_ext.shape[-1] * size[0] * (size[1] // 2 + 1) * 2 * itemsize
+    chunk = max(1, min(qf.shape[-1], FFT_CHUNK_BYTES // per_feature))
+    args = (t.to(work) for t in (qf, kf, v_ext, weights))
+    out = _ToeplitzFFT.apply(*args, masks, (height, width, size, chunk))
+    return out.to(qf.dtype), top - FFT_BAND * index
 
 
 def rpe_linear_attention(
@@ -139,7 +330,8 @@ def rpe_linear_attention(
     ``q_features``/``k_features``: ``[B, h, P+N, m]`` (non-negative), ``v``: ``[B, h, P+N, d]``,
     ``log_weights``: ``[h, 2H-1, 2W-1]`` indexed by offset ``r_j - r_i``, ``grid = (H, W, P)``.
     ``method``: ``"quadratic"``, ``"fft"`` or ``"auto"`` (quadratic below ``FFT_THRESHOLD``
-    patch tokens). Both are exact; sums run in float32 (float64 if given).
+    patch tokens). Both are exact up to the rounding stated in the module docstring; sums run
+    in float32 (float64 if given).
     """
     height, width, prefix = grid
     if q_features.shape[-2] != height * width + prefix:
@@ -154,14 +346,19 @@ def rpe_linear_attention(
     toeplitz = _toeplitz_quadratic if method == "quadratic" else _toeplitz_fft
     with torch.autocast(device_type=v.device.type, enabled=False):
         qf, kf = q_features, k_features
-        v_ext = F.pad(v.to(qf.dtype), (0, 1), value=1.0)  # last column gives the denominator
-        # Prefix keys have weight 1 for every query; prefix queries see plain linear attention.
-        prefix_context = kf[:, :, :prefix].transpose(-1, -2) @ v_ext[:, :, :prefix]
-        patch_context = kf[:, :, prefix:].transpose(-1, -2) @ v_ext[:, :, prefix:]
-        out_prefix = qf[:, :, :prefix] @ (prefix_context + patch_context)
+        v_ext = torch.nn.functional.pad(v.to(qf.dtype), (0, 1), value=1.0)  # denominator column
+        log_c = log_weights.to(qf.dtype)
+        shift = row_stabiliser(log_c.detach(), height, width, prefix)
         q_p, k_p, v_p = qf[:, :, prefix:], kf[:, :, prefix:], v_ext[:, :, prefix:]
-        out_patch = q_p @ prefix_context + toeplitz(
-            q_p, k_p, v_p, log_weights.to(qf.dtype), height, width
-        )
-        out = torch.cat([out_prefix, out_patch], dim=2)
+        out_patch, scale = toeplitz(q_p, k_p, v_p, log_c, shift, height, width)
+        if prefix:
+            # Prefix keys have weight 1 (exp(-scale) after the rows' stabiliser) for every
+            # query; prefix queries see plain linear attention.
+            prefix_context = kf[:, :, :prefix].transpose(-1, -2) @ v_ext[:, :, :prefix]
+            patch_context = k_p.transpose(-1, -2) @ v_p
+            out_prefix = qf[:, :, :prefix] @ (prefix_context + patch_context)
+            out_patch = out_patch + (q_p @ prefix_context) * (-scale).exp()[..., None]
+            out = torch.cat([out_prefix, out_patch], dim=2)
+        else:
+            out = out_patch
         return (out[..., :-1] / out[..., -1:].clamp_min(DENOMINATOR_EPS)).to(v.dtype)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from rpevit.attention.functional import softmax_attention
 from rpevit.attention.toeplitz import dense_relative_matrix, rpe_linear_attention
 from rpevit.positions.base import PositionEncoding, RelativeWeights, TokenGrid
 
@@ -17,9 +18,13 @@ class ToeplitzWeights(RelativeWeights):
     def __init__(self, table: Tensor, grid: TokenGrid) -> None:
         self.table, self.grid = table, grid
 
-    def dense_logits(self) -> Tensor:
+    def dense_logits(self, dtype: torch.dtype | None = None) -> Tensor:
         g = self.grid
-        return dense_relative_matrix(self.table, g.height, g.width, g.num_prefix, fill=0.0)
+        return dense_relative_matrix(self.table, g.height, g.width, g.num_prefix, dtype)
+
+    def softmax(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Exact softmax attention with the bias built once, already in ``q``'s dtype."""
+        return softmax_attention(q, k, v, self.dense_logits(q.dtype).unsqueeze(0))
 
     def linear(self, q_features: Tensor, k_features: Tensor, v: Tensor, method: str) -> Tensor:
         g = self.grid
