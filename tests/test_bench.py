@@ -11,6 +11,7 @@ import torch
 
 from rpevit.bench import BENCHMARKS, add_bench_arguments, run_bench
 from rpevit.bench import anchors as anchors_bench
+from rpevit.bench.cli import selected_benchmarks
 from rpevit.bench.common import crossover, fit_exponent
 from rpevit.bench.fidelity import favor_error, l2_normalise, relative_error
 
@@ -89,7 +90,9 @@ def test_all_benchmarks_are_selectable(tmp_path):
     add_bench_arguments(parser)
     with pytest.raises(ValueError, match="unknown benchmark"):
         run_bench(parser.parse_args(["nope", "--smoke", "--out", str(tmp_path)]))
-    assert list(BENCHMARKS) == ["layer", "scaling", "anchors", "fidelity", "ceiling"]
+    assert list(BENCHMARKS) == ["layer", "scaling", "anchors", "fidelity", "ceiling", "training"]
+    assert "training" not in selected_benchmarks(["all"]) == selected_benchmarks([])
+    assert selected_benchmarks(["training", "layer"]) == ["layer", "training"]
 
 
 def test_favor_error_is_zero_when_all_keys_are_identical():

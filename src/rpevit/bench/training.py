@@ -1,0 +1,164 @@
+"""``training``: images/s of the real training loop (``rpevit train``: Lightning, on-device
+augmentation, logging, clipping, AdamW, schedule) on CIFAR-10 with the ``study`` model, eager vs
+``--compile``, and its model FLOPs utilisation against this run's matmul ceiling.
+
+Each measurement is one short ``train`` run; the clock reads every training-batch end, and
+images/s is taken over the steps after ``skip`` (so compilation and warm-up are excluded; the
+first step's seconds, which include compilation, are reported apart). MFU = images/s x 3 x
+forward FLOPs per image / best fp32 matmul FLOP/s (:mod:`rpevit.bench.ceiling`). Eager and
+compiled runs of a variant are interleaved, round by round, so load changes hit both alike.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+
+from rpevit.bench.ceiling import matmul_gflops
+from rpevit.bench.common import BenchContext, fmt, md_table, median, new_record, write_outputs
+from rpevit.data.datasets import DATA_DIR_ENV
+from rpevit.flops import count_flops
+from rpevit.registry import create_model
+from rpevit.training import TrainConfig, train
+from rpevit.training.config import PRESETS
+
+#: The variants the issue names; ``--models`` overrides.
+DEFAULT_MODELS = ["softmax-ape", "favor-ape", "favor-rpe", "relu-rope"]
+ARCHITECTURE = ("patch_size", "dim", "depth", "heads", "mlp_dim", "batch_size")
+STUDY = {k: PRESETS["study"]["cifar10"][k] for k in ARCHITECTURE}
+
+SETTINGS = {
+    "smoke": dict(matmul_sizes=[64, 128], steps=4, skip=1, rounds=1, patch_size=8, dim=16,
+                  depth=1, heads=2, mlp_dim=32, batch_size=32),
+    "quick": dict(matmul_sizes=[256, 512, 1024], steps=40, skip=10, rounds=1, **STUDY),
+    "full": dict(matmul_sizes=[256, 512, 1024, 2048], steps=100, skip=20, rounds=2, **STUDY),
+}  # fmt: skip
+
+
+class StepClock(L.Callback):
+    """``perf_counter`` at fit start and at every training-batch end."""
+
+    def __init__(self) -> None:
+        self.start = 0.0
+        self.ends: list[float] = []
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        self.ends.append(time.perf_counter())
+
+
+def find_cifar10() -> Path:
+    """The first of ``$RPEVIT_DATA_DIR``, ``./data``, ``../shared/data`` holding CIFAR-10."""
+    candidates = [os.environ.get(DATA_DIR_ENV), "data", "../shared/data"]
+    for folder in (Path(c) for c in candidates if c):
+        if any((folder / n).is_dir() for n in ("cifar-10-batches-py", "cifar-10-batches-bin")):
+            return folder
+    raise ValueError(
+        "rpevit bench training needs CIFAR-10: put cifar-10-batches-py/ (or -bin/) under "
+        f"./data or point {DATA_DIR_ENV} at its folder"
+    )
+
+
+def measure(variant: str, compiled: bool, s: dict, data_dir: Path, ctx: BenchContext) -> dict:
+    """Steady-state training images/s of one short ``train`` run."""
+    clock = StepClock()
+    with tempfile.TemporaryDirectory() as out:
+        config = TrainConfig(
+            model=variant, dataset="cifar10", preset="study", data_dir=str(data_dir), out=out,
+            max_steps=s["steps"], min_steps=0, compile=compiled, seed=ctx.seed,
+            max_val_samples=s["batch_size"], max_test_samples=s["batch_size"],
+            progress_bar=False, **{k: s[k] for k in ARCHITECTURE},
+        )  # fmt: skip
+        train(config, callbacks=[clock])
+    steady = clock.ends[s["skip"] :]
+    return {
+        "images_per_s": (len(steady) - 1) * s["batch_size"] / (steady[-1] - steady[0]),
+        "first_step_s": clock.ends[0] - clock.start,
+    }
+
+
+def run(ctx: BenchContext) -> dict:
+    """Matmul ceiling, then eager and compiled training runs of every variant."""
+    s = SETTINGS[ctx.preset]
+    models = DEFAULT_MODELS if ctx.arguments.get("models", "all") == "all" else ctx.models
+    data_dir = find_cifar10()
+    start = time.perf_counter()
+    record = new_record(ctx, "training", {**s, "variants": models, "data_dir": str(data_dir)})
+    record["matmul"] = matmul_gflops(s["matmul_sizes"], ctx)
+    peak = max(r["best_gflops"] for r in record["matmul"])
+    samples: dict[tuple[str, bool], list[dict]] = {(v, c): [] for v in models for c in (0, 1)}
+    for _ in range(s["rounds"]):
+        for variant in models:
+            for compiled in (False, True):
+                samples[variant, compiled].append(measure(variant, compiled, s, data_dir, ctx))
+    rows = []
+    for variant in models:
+        model = create_model(
+            variant, image_size=32, in_chans=3, num_classes=10,
+            **{k: s[k] for k in ARCHITECTURE if k != "batch_size"},
+        )  # fmt: skip
+        flops = count_flops(model, (3, 32, 32))
+        for compiled in (False, True):
+            runs = samples[variant, bool(compiled)]
+            ips = median([r["images_per_s"] for r in runs])
+            rows.append({
+                "variant": variant, "mode": "compiled" if compiled else "eager",
+                "forward_flops_per_image": flops, "images_per_s": ips,
+                "images_per_s_rounds": [r["images_per_s"] for r in runs],
+                "first_step_s": median([r["first_step_s"] for r in runs]),
+                "mfu": 3 * flops * ips / (peak * 1e9),
+            })  # fmt: skip
+        rows[-1]["speedup_vs_eager"] = rows[-1]["images_per_s"] / rows[-2]["images_per_s"]
+    record["models"] = rows
+    record["summary"] = {"peak_matmul_gflops": peak}
+    record["seconds"] = time.perf_counter() - start
+    return record
+
+
+def markdown(record: dict) -> str:
+    """One table: images/s, first-step seconds, MFU, compiled/eager ratio."""
+    s = record["settings"]
+    rows = [
+        [r["variant"], r["mode"], fmt(r["forward_flops_per_image"] / 1e6), fmt(r["images_per_s"]),
+         fmt(r["first_step_s"]), f"{100 * r['mfu']:.1f}%", fmt(r.get("speedup_vs_eager"))]
+        for r in record["models"]
+    ]  # fmt: skip
+    return "\n".join([
+        f"Real training loop (`rpevit train`, CIFAR-10, augmentation, AdamW) of the study model: "
+        f"patch {s['patch_size']}, dim {s['dim']}, depth {s['depth']}, heads {s['heads']}, MLP "
+        f"{s['mlp_dim']}, batch {s['batch_size']}; images/s over steps {s['skip'] + 1}-"
+        f"{s['steps']} (median of {s['rounds']} round(s)); peak fp32 matmul "
+        f"{fmt(record['summary']['peak_matmul_gflops'])} GFLOP/s in this run; "
+        "MFU = 3 x forward FLOPs x images/s / peak.", "",
+        md_table(["variant", "mode", "fwd MFLOPs/image", "images/s", "first step s", "MFU",
+                  "compiled / eager"], rows),
+    ])  # fmt: skip
+
+
+def plot(record: dict):
+    """Images/s per variant, eager vs compiled."""
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 4.5))
+    variants = list(dict.fromkeys(r["variant"] for r in record["models"]))
+    for offset, mode in ((-0.2, "eager"), (0.2, "compiled")):
+        values = [r["images_per_s"] for r in record["models"] if r["mode"] == mode]
+        axes.bar([i + offset for i in range(len(variants))], values, width=0.4, label=mode)
+    axes.set_xticks(range(len(variants)), variants)
+    axes.set_ylabel("training images/s")
+    axes.set_title("Training throughput (study model, CIFAR-10)")
+    axes.legend()
+    return figure
+
+
+def main(ctx: BenchContext) -> dict:
+    """Run, write ``training.{json,md,png}``, return the record."""
+    record = run(ctx)
+    write_outputs(ctx, "training", record, markdown(record), lambda: plot(record))
+    return record
