@@ -22,7 +22,10 @@ BENCHMARKS = {
     "anchors": "rpevit.bench.anchors",
     "fidelity": "rpevit.bench.fidelity",
     "ceiling": "rpevit.bench.ceiling",
+    "training": "rpevit.bench.training",
 }
+#: Run only when named: ``training`` trains real CIFAR-10 runs (needs the data, minutes).
+ON_REQUEST = ("training",)
 
 #: Timing defaults per preset: (warm-up calls, timed calls, seconds budget per callable).
 TIMING = {"smoke": (1, 2, 0.5), "quick": (1, 5, 2.0), "full": (2, 10, 10.0)}
@@ -35,7 +38,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="*",
         default=[],
         metavar="BENCHMARK",
-        help=f"which to run: {', '.join(BENCHMARKS)} or all (default: all)",
+        help=f"which to run: {', '.join(BENCHMARKS)} or all (default: all but "
+        f"{', '.join(ON_REQUEST)})",
     )
     size = parser.add_mutually_exclusive_group()
     size.add_argument(
@@ -106,14 +110,15 @@ def context_from_args(args: argparse.Namespace) -> BenchContext:
 
 
 def selected_benchmarks(requested: list[str]) -> list[str]:
-    """Benchmark names to run, in suite order; nothing or ``all`` means every one."""
+    """Benchmark names to run, in suite order; nothing or ``all`` means every one but the
+    ``ON_REQUEST`` ones."""
     unknown = [name for name in requested if name not in BENCHMARKS and name != "all"]
     if unknown:
         raise ValueError(
             f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}, all"
         )
     if not requested or "all" in requested:
-        return list(BENCHMARKS)
+        return [name for name in BENCHMARKS if name not in ON_REQUEST]
     return [name for name in BENCHMARKS if name in requested]
 
 
