@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Set up (scripts/bootstrap.sh), then the CPU study: the 15 variants (12 core + the linear-cost
+# Fourier RPE rows) x 3 seeds on CIFAR-10 (64 tokens) and on MNIST (49 tokens) with the
+# `study` preset, two single-threaded workers (--jobs auto), then both reports, copied to
+# docs/results/{cifar10,mnist}-study/. Resumable: re-run after a crash or Ctrl-C to continue.
+# Extra arguments go to both `rpevit grid` calls; RPEVIT_OUT sets the runs folder (runs/).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
+cd "$ROOT"
+OUT="${RPEVIT_OUT:-runs}"
+MODELS=softmax-ape,softmax-rpe,softmax-string,softmax-rope,softmax-frpe
+MODELS+=,favor-ape,favor-rpe,favor-string,favor-rope,favor-frpe
+MODELS+=,relu-ape,relu-rpe,relu-string,relu-rope,relu-frpe
+for DATASET in cifar10 mnist; do
+    START=$SECONDS
+    rpevit grid --dataset "$DATASET" --preset study --seeds 42,43,44 --models "$MODELS" \
+        --jobs auto --no-progress --out "$OUT/$DATASET-study" "$@"
+    rpevit report "$OUT/$DATASET-study"
+    rm -rf "docs/results/$DATASET-study"
+    mkdir -p docs/results
+    cp -r "$OUT/$DATASET-study/report" "docs/results/$DATASET-study"
+    ELAPSED=$((SECONDS - START))
+    printf '%s study (grid + report): %d min %02d s\n' "$DATASET" $((ELAPSED / 60)) \
+        $((ELAPSED % 60)) | tee -a "$OUT/study-wall-times.txt"
+done
+cat "docs/results/cifar10-study/results.md" "docs/results/mnist-study/results.md"
+cat "$OUT/study-wall-times.txt"
