@@ -339,6 +339,15 @@ def test_gap_closed_na_cases(tmp_path):
     assert old["difference"] == pytest.approx(0.0015) and old["p_value"] is None
     assert f"no test on images: favor-rope seed 1: no {PREDICTIONS}" in old["notes"]
 
+    twice = tmp_path / "twice"  # softmax-ape seed 1 twice: which run pairs with favor-ape's?
+    for where in ("a", "b"):
+        write_run(twice / where, "softmax-ape", 1, exactly(n, 1800, rng))
+    write_run(twice, "favor-ape", 1, exactly(n, 1700, rng))
+    _, records, _ = analyse(twice)
+    assert records[("favor-ape", "softmax-ape")]["notes"] == [
+        "softmax-ape ran seed(s) [1] more than once: cannot pair them"
+    ]
+
     stale = tmp_path / "stale"  # predictions of another checkpoint than metrics.json's
     flags = exactly(n, 1800, rng)
     write_run(stale, "softmax-ape", 1, flags, accuracy=0.95)

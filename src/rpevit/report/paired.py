@@ -37,7 +37,7 @@ from rpevit.report.tables import (
     NA,
     PERFORMER_KERNELS,
     RELATIVE_POSITIONS,
-    _markdown_table,
+    markdown_table,
 )
 
 #: How to read the statistics section (printed below its tables).
@@ -77,9 +77,11 @@ class _Runs:
         for variant in variants:
             if variant not in self.by_variant:
                 return {}, f"no {variant} runs"
+            if None in self.by_variant[variant]:
+                return {}, f"{variant} has runs without a recorded seed: cannot pair them"
             twice = [s for s, group in self.by_variant[variant].items() if len(group) > 1]
-            if twice or None in self.by_variant[variant]:
-                return {}, f"{variant} has runs without a seed or a seed run twice ({twice})"
+            if twice:
+                return {}, f"{variant} ran seed(s) {twice} more than once: cannot pair them"
         return {v: {s: g[0] for s, g in self.by_variant[v].items()} for v in variants}, None
 
     def image_arrays(
@@ -286,7 +288,7 @@ def _comparison_table(records: Sequence[dict[str, Any]]) -> str:
                 "; ".join(r["notes"]),
             ]
         )
-    return _markdown_table(
+    return markdown_table(
         [
             "comparison",
             "seeds",
@@ -314,7 +316,7 @@ def statistics_markdown(
     def pct(x: float) -> str:
         return f"{100 * x:.2f}"
 
-    accuracy = _markdown_table(
+    accuracy = markdown_table(
         ["model", "seeds", "test acc % (mean ± std)", "95% CI over seeds (t)"],
         [
             [
@@ -347,7 +349,7 @@ def statistics_markdown(
         "### Paired comparisons",
         _comparison_table(records),
         "### Gap closed with bootstrap intervals",
-        _markdown_table(
+        markdown_table(
             ["model", "seeds", "gap closed", "95% CI (seeds x images)", "note"], gap_rows
         ),
         METHODS,

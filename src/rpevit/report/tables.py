@@ -309,7 +309,7 @@ def _applies_gap_closed(row: dict[str, Any]) -> bool:
     )
 
 
-def _markdown_table(header: list[str], body: list[list[str]]) -> str:
+def markdown_table(header: list[str], body: list[list[str]]) -> str:
     lines = [
         "| " + " | ".join(header) + " |",
         "| " + " | ".join(["---"] + ["---:"] * (len(header) - 1)) + " |",
@@ -326,7 +326,7 @@ def _ablation_markdown(rows: Sequence[dict[str, Any]]) -> str:
         "inference_ms_per_sample",
         "peak_memory_mb",
     )
-    return _markdown_table(
+    return markdown_table(
         ["model", "m", "runs", *[metrics[k].label for k in shown]],
         [
             [
@@ -365,7 +365,7 @@ def _comparison_markdown(table: Sequence[dict[str, Any]]) -> str:
                 diff,
             ]
         )
-    return _markdown_table(
+    return markdown_table(
         [
             "model",
             "from scratch: epochs",
@@ -387,7 +387,7 @@ def _transfer_markdown(transfer: dict[str, Any]) -> str:
         [label, *[_pct(acc[s]) if s in acc else NA for s in sizes]]
         for label, acc in transfer["accuracy"].items()
     ]
-    return _markdown_table(header, body)
+    return markdown_table(header, body)
 
 
 def markdown(
@@ -425,19 +425,19 @@ def markdown(
             return "—"
         return NA if row["gap_closed"] is None else f"{row['gap_closed']:.2f}"
 
-    quality_table = _markdown_table(
+    quality_table = markdown_table(
         ["model", "runs", *[m.label for m in quality], "gap to softmax (pp)", "gap closed"],
         [
             [row["variant"], str(row["runs"]), *metric_cells(row, quality), gap(row), closed(row)]
             for row in rows
         ],
     )
-    cost_table = _markdown_table(
+    cost_table = markdown_table(
         ["model", "runs", *[m.label for m in cost]],
         [[row["variant"], str(row["runs"]), *metric_cells(row, cost)] for row in rows],
     )
     matrix = gap_closed_table(rows)
-    closed_table = _markdown_table(
+    closed_table = markdown_table(
         ["kernel", *RELATIVE_POSITIONS],
         [
             [kernel, *[NA if v is None else f"{v:.2f}" for v in matrix[kernel].values()]]
