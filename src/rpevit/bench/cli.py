@@ -61,7 +61,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--models",
         default="all",
-        help="comma-separated variants for layer/scaling/ceiling (default: all 12)",
+        help="comma-separated variants for layer/scaling/ceiling (default: all 15, *-frpe too)",
     )
     parser.add_argument(
         "--tokens",

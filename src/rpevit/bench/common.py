@@ -25,8 +25,11 @@ import torch
 from rpevit.atomic import atomic_write
 from rpevit.metrics import git_commit, write_json_atomic
 
+#: The 12 core variants plus the linear-cost Fourier RPE (``frpe``) of each kernel.
 VARIANTS = [
-    f"{k}-{p}" for k in ("softmax", "favor", "relu") for p in ("ape", "rpe", "string", "rope")
+    f"{k}-{p}"
+    for k in ("softmax", "favor", "relu")
+    for p in ("ape", "rpe", "frpe", "string", "rope")
 ]
 
 

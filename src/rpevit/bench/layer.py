@@ -1,5 +1,6 @@
-"""``layer``: forward + backward time and peak memory of ONE attention layer, all 12 variants,
-with ``batch * tokens`` held constant, plus favor-rpe's quadratic vs FFT Toeplitz paths."""
+"""``layer``: forward + backward time and peak memory of ONE attention layer, every variant
+(the 12 core ones and ``*-frpe``), with ``batch * tokens`` held constant, plus favor-rpe's
+quadratic vs FFT Toeplitz paths."""
 
 from __future__ import annotations
 
@@ -58,9 +59,9 @@ def available_mib() -> float:
 
 
 def estimated_mib(variant: str, tokens: int, heads: int) -> float:
-    """Rough peak of the dense parts: softmax-rpe expands its bias to ``[h, N, N]`` (gather,
-    pad, gradient) from three int64 ``[N, N]`` index tensors; other variants are O(N)."""
-    if variant != "softmax-rpe":
+    """Rough peak of the dense parts: softmax-rpe and softmax-frpe expand their bias to
+    ``[h, N, N]`` (gather, pad, gradient); other variants are O(N)."""
+    if variant not in ("softmax-rpe", "softmax-frpe"):
         return 0.0
     return (3 * 8 * tokens**2 + 4 * 4 * heads * tokens**2) / 2**20
 
@@ -198,6 +199,39 @@ def summarise(rows: list[dict], tokens: list[int]) -> dict:
         "peak_mib": peak, "bound_mib": MEMORY_BOUND_MIB,
         "pass": None if peak is None else peak <= MEMORY_BOUND_MIB,
     }  # fmt: skip
+    summary.update(summarise_frpe(t, mem, tokens))
+    return summary
+
+
+def summarise_frpe(t: dict, mem: dict, tokens: list[int]) -> dict:
+    """The linear-cost Fourier RPE's targets: <= 1.5x its kernel's APE time at every N,
+    faster than softmax-rpe from N <= 512, peak memory at N = 16384 within 2x favor-ape's."""
+    summary = {}
+    for kernel in ("favor", "relu"):
+        ratios = {
+            n: ratio(t.get((f"{kernel}-frpe", n)), t.get((f"{kernel}-ape", n))) for n in tokens
+        }
+        known = [r for r in ratios.values() if r is not None]
+        summary[f"{kernel}_frpe_vs_ape"] = {
+            "ratios": ratios, "target": "<= 1.5 at every N",
+            "pass": all(r <= 1.5 for r in known) if known else None,
+        }  # fmt: skip
+        cross = crossover(
+            tokens,
+            [t.get(("softmax-rpe", n)) for n in tokens],
+            [t.get((f"{kernel}-frpe", n)) for n in tokens],
+        )
+        summary[f"{kernel}_frpe_beats_softmax_rpe"] = {
+            "crossover": cross, "target": "faster from N <= 512",
+            "pass": None if cross[0] == "unmeasured" else cross[0] in ("at", "below")
+            and cross[1] <= 512,
+        }  # fmt: skip
+    peak, base = mem.get(("favor-frpe", 16384)), mem.get(("favor-ape", 16384))
+    summary["favor_frpe_memory_16384"] = {
+        "peak_mib": peak, "favor_ape_mib": base, "ratio": ratio(peak, base),
+        "target": "<= 2x favor-ape",
+        "pass": None if peak is None or base is None else peak <= 2 * base,
+    }  # fmt: skip
     return summary
 
 
@@ -280,6 +314,25 @@ def markdown(record: dict) -> str:
         f"- favor-rpe peak memory at N=16384 (B=1): {fmt(m['peak_mib'])} MiB "
         f"(bound {m['bound_mib']} MiB): {verdict(m['pass'])}"
     )
+    for kernel in ("favor", "relu"):
+        r = summary[f"{kernel}_frpe_vs_ape"]
+        lines.append(
+            f"- {kernel}-frpe / {kernel}-ape: "
+            f"{', '.join(f'{n}: {fmt(v, 2)}x' for n, v in r['ratios'].items())} "
+            f"(target <= 1.5): {verdict(r['pass'])}"
+        )
+        c = summary[f"{kernel}_frpe_beats_softmax_rpe"]
+        lines.append(
+            f"- {kernel}-frpe faster than softmax-rpe: "
+            f"{describe_crossover(c['crossover'], max(tokens))} (target: from N <= 512): "
+            f"{verdict(c['pass'])}"
+        )
+    m = summary["favor_frpe_memory_16384"]
+    lines.append(
+        f"- favor-frpe peak memory at N=16384 (B=1): {fmt(m['peak_mib'])} MiB, "
+        f"{fmt(m['ratio'], 2)}x favor-ape's {fmt(m['favor_ape_mib'])} MiB (target <= 2x): "
+        f"{verdict(m['pass'])}"
+    )
     return "\n".join(lines)
 
 
@@ -308,7 +361,7 @@ def plot(record: dict):
 
 def _style(label: str) -> dict:
     """Colour by position encoding, line style by kernel."""
-    colours = {"ape": "C0", "rpe": "C1", "string": "C2", "rope": "C3"}
+    colours = {"ape": "C0", "rpe": "C1", "string": "C2", "rope": "C3", "frpe": "C6"}
     lines = {"softmax": "-", "favor": "--", "relu": ":"}
     kernel, _, rest = label.partition("-")
     position, _, method = rest.partition("[")
