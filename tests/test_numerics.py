@@ -16,6 +16,7 @@ from rpevit.attention import (
     SoftmaxKernel,
     exp_feature_pair,
     favor_attention,
+    linear_attention,
     orthogonal_gaussian_projection,
 )
 from rpevit.attention.kernels import ExpKernel, LearnableKernel
@@ -76,7 +77,7 @@ def _log_features(kernel, q, k):
     return _log_favor(q, w), _log_favor(k, w)
 
 
-@pytest.mark.parametrize("scale", [1.0, 10.0, 30.0])
+@pytest.mark.parametrize("scale", [1.0, 10.0, 30.0, 300.0])
 @pytest.mark.parametrize("name", list(LARGE_NORM_KERNELS))
 def test_exponential_kernels_in_float32_equal_their_estimator_at_any_norm(name, scale):
     """Defect 3 of issue 15: with one key stabiliser per (batch, head), q, k x 30 zeroed 84% of
@@ -124,6 +125,17 @@ def test_joint_stabiliser_keeps_every_product_and_cannot_underflow_a_row():
     torch.testing.assert_close(products.double(), expected, rtol=1e-4, atol=1e-30)
     assert q_features.max() <= 1 and k_features.max() <= 1
     assert (products.amax(dim=(2, 3)) == 1).all()  # so every denominator is >= 1
+
+
+def test_linear_attention_does_not_depend_on_the_scale_of_the_features():
+    """Positive factors cancel in the ratio, however small the denominators get (an absolute
+    1e-12 clamp zeroed these rows)."""
+    q_features, k_features = torch.rand(2, 2, 10, 6) + 0.1, torch.rand(2, 2, 12, 6) + 0.1
+    v = torch.randn(2, 2, 12, 4)
+    reference = linear_attention(q_features, k_features, v)
+    for factor in (1e-10, 1e-16):
+        scaled = linear_attention(q_features * factor, k_features * factor, v)
+        torch.testing.assert_close(scaled, reference)
 
 
 def test_favor_gradients_equal_the_estimator_gradients():
