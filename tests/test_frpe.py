@@ -97,6 +97,9 @@ def test_low_rank_attention_equals_dense_reference(prefix):
     expected = dense_linear_reference(qf, kf, v, reference_weights(grid, *params))
     out = fourier_linear_attention(qf, kf, v, grid.coords(dtype=F64), *params, prefix)
     torch.testing.assert_close(out, expected)
+    tiny = fourier_linear_attention(qf * 1e-15, kf * 1e-15, v, grid.coords(dtype=F64), *params,
+                                    prefix)  # fmt: skip
+    torch.testing.assert_close(tiny, expected)  # the guard is relative: no absolute clamp bites
     position = FourierRPE(heads, (3, 5), terms=3).double()
     for name, value in zip(("frequencies", "phases", "amplitudes", "beta"), params, strict=True):
         getattr(position, name).data.copy_(value)
