@@ -189,3 +189,20 @@ def test_softmax_rpe_builds_its_bias_once_in_the_query_dtype():
     q, k, v = (torch.randn(1, 2, n, 4, dtype=F64) for _ in range(3))
     logits = q @ k.transpose(-1, -2) / 2.0 + _dense_bias_reference(rpe.table.to(F64), 8, 8, 1)
     torch.testing.assert_close(weights.softmax(q, k, v), logits.softmax(-1) @ v)
+
+
+def test_auto_takes_the_fft_later_when_it_needs_float64_transforms(monkeypatch):
+    """``auto`` compares the grid with FFT_THRESHOLD for flat tables (float32 transforms) and
+    with the higher FFT64_THRESHOLD otherwise."""
+    calls = []
+    for name in ("_toeplitz_quadratic", "_toeplitz_fft"):
+        original = getattr(toeplitz, name)
+        monkeypatch.setattr(
+            toeplitz, name, lambda *a, _n=name, _f=original: calls.append(_n) or _f(*a)
+        )
+    monkeypatch.setattr(toeplitz, "FFT_THRESHOLD", 12)
+    monkeypatch.setattr(toeplitz, "FFT64_THRESHOLD", 16)
+    qf, kf, v = _features(1, 1, 13, 4, 4, torch.float32)
+    for scale in (0.0, 5.0):  # 12 patch tokens: flat -> fft, spread -> quadratic
+        rpe_linear_attention(qf, kf, v, scale * torch.randn(1, 5, 7), (3, 4, 1))
+    assert calls == ["_toeplitz_fft", "_toeplitz_quadratic"]

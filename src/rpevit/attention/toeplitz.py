@@ -40,8 +40,15 @@ from torch.utils.checkpoint import checkpoint
 
 from rpevit.attention.functional import DENOMINATOR_EPS
 
-#: Patch-token count from which ``method="auto"`` switches from the quadratic form to the FFT.
-FFT_THRESHOLD = 12288
+#: Patch-token count from which ``method="auto"`` switches from the quadratic form to the FFT
+#: when the FFT can transform in float32 (a nearly flat table, see ``FFT_FLAT``). Measured
+#: (one layer, 8 heads, d = 32, m = 64, B = 1, fwd+bwd, one thread, 2-core CPU): quadratic /
+#: FFT time 0.51 at N = 1024, 0.58 at 1600, 1.14 at 2304, 1.84 at 4096; crossing near 2,150.
+FFT_THRESHOLD = 2048
+
+#: The same with float64 transforms (other tables), 2.2x slower than float32 ones: quadratic /
+#: FFT time 0.55 at N = 2304, 0.84 at 4096, 0.78 at 5184; see the README for N = 16384.
+FFT64_THRESHOLD = 12288
 
 #: Bytes one quadratic-form block of query rows may occupy; bounds its peak memory.
 CHUNK_BYTES = 128 * 2**20
@@ -292,13 +299,18 @@ def _active(masks: Tensor | None, head: int, bands: int) -> list[int]:
     return [k for k in range(bands) if masks[k, head].any()]
 
 
+def _flat(shift: Tensor, dtype: torch.dtype) -> bool:
+    """Whether the FFT path may transform in float32: every row's largest reachable log-weight
+    within ``FFT_FLAT`` of its head's maximum (and the inputs not float64)."""
+    return dtype != torch.float64 and bool((shift.amax(-1, keepdim=True) - shift).max() <= FFT_FLAT)
+
+
 def _toeplitz_fft(qf, kf, v_ext, log_c, shift, height, width) -> tuple[Tensor, Tensor]:
     """Patch rows of ``(C * (qf kf^T)) v_ext`` by FFT, row ``i`` scaled by ``exp(-t_i)`` with
     ``t_i`` the top of its band, and that log-scale (see the module docstring)."""
     top = shift.amax(-1, keepdim=True)  # [h, 1]
     index = ((top - shift) / FFT_BAND).floor()  # [h, N]: band of each row
-    flat = qf.dtype != torch.float64 and bool((top - shift).max() <= FFT_FLAT)
-    work = torch.float32 if flat else torch.float64
+    work = torch.float32 if _flat(shift, qf.dtype) else torch.float64
     tops = top - FFT_BAND * torch.arange(int(index.max()) + 1, dtype=shift.dtype)  # [h, nb]
     tops = tops.T[:, :, None, None]  # [nb, h, 1, 1]
     # Offsets above a band's top are out of its rows' reach: weight 0 there (a full gradient at
@@ -330,8 +342,8 @@ def rpe_linear_attention(
     ``q_features``/``k_features``: ``[B, h, P+N, m]`` (non-negative), ``v``: ``[B, h, P+N, d]``,
     ``log_weights``: ``[h, 2H-1, 2W-1]`` indexed by offset ``r_j - r_i``, ``grid = (H, W, P)``.
     ``method``: ``"quadratic"``, ``"fft"`` or ``"auto"`` (quadratic below ``FFT_THRESHOLD``
-    patch tokens). Both are exact up to the rounding stated in the module docstring; sums run
-    in float32 (float64 if given).
+    patch tokens, or ``FFT64_THRESHOLD`` where the FFT needs float64 transforms). Both are exact
+    up to the rounding stated in the module docstring; sums run in float32 (float64 if given).
     """
     height, width, prefix = grid
     if q_features.shape[-2] != height * width + prefix:
@@ -339,16 +351,17 @@ def rpe_linear_attention(
             f"token count {q_features.shape[-2]} does not match grid {height}x{width} "
             f"plus {prefix} prefix tokens"
         )
-    if method == "auto":
-        method = "quadratic" if height * width < FFT_THRESHOLD else "fft"
-    if method not in ("quadratic", "fft"):
+    if method not in ("auto", "quadratic", "fft"):
         raise ValueError(f"unknown RPE method {method!r}; choose 'auto', 'quadratic' or 'fft'")
-    toeplitz = _toeplitz_quadratic if method == "quadratic" else _toeplitz_fft
     with torch.autocast(device_type=v.device.type, enabled=False):
         qf, kf = q_features, k_features
         v_ext = torch.nn.functional.pad(v.to(qf.dtype), (0, 1), value=1.0)  # denominator column
         log_c = log_weights.to(qf.dtype)
         shift = row_stabiliser(log_c.detach(), height, width, prefix)
+        if method == "auto":
+            threshold = FFT_THRESHOLD if _flat(shift, qf.dtype) else FFT64_THRESHOLD
+            method = "quadratic" if height * width < threshold else "fft"
+        toeplitz = _toeplitz_quadratic if method == "quadratic" else _toeplitz_fft
         q_p, k_p, v_p = qf[:, :, prefix:], kf[:, :, prefix:], v_ext[:, :, prefix:]
         out_patch, scale = toeplitz(q_p, k_p, v_p, log_c, shift, height, width)
         if prefix:
