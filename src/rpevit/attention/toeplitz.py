@@ -46,9 +46,10 @@ from rpevit.attention.functional import DENOMINATOR_EPS
 #: FFT time 0.51 at N = 1024, 0.58 at 1600, 1.14 at 2304, 1.84 at 4096; crossing near 2,150.
 FFT_THRESHOLD = 2048
 
-#: The same with float64 transforms (other tables), 2.2x slower than float32 ones: quadratic /
-#: FFT time 0.55 at N = 2304, 0.84 at 4096, 0.78 at 5184; see the README for N = 16384.
-FFT64_THRESHOLD = 12288
+#: The same with float64 transforms (other tables), 2.2-3x slower than float32 ones:
+#: quadratic / FFT time 0.55 at N = 2304, 0.84 at 4096, 0.78 at 5184, 1.09 at 6400, 2.6 at
+#: 16384 (150 s vs 395 s); crossing near 6,000.
+FFT64_THRESHOLD = 6144
 
 #: Bytes one quadratic-form block of query rows may occupy; bounds its peak memory.
 CHUNK_BYTES = 128 * 2**20
