@@ -338,3 +338,11 @@ def test_softmax_to_favor_transfer_misses_exactly_the_kernel_state():
         for i in range(SMALL["depth"])
         for name in ("feature_seed", "projection", "_extra_state")
     )
+
+
+def test_study_models_are_the_core_variants_and_the_frpe_row_of_each_kernel():
+    from rpevit.registry import CORE_MODELS, STUDY_MODELS
+
+    assert STUDY_MODELS[:12] == CORE_MODELS
+    assert STUDY_MODELS[12:] == ["softmax-frpe", "favor-frpe", "relu-frpe"]
+    assert set(STUDY_MODELS) <= set(rpevit.list_available_models())

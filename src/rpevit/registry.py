@@ -99,6 +99,10 @@ CORE_MODELS = [
     for position in ("ape", "rpe", "string", "rope")
 ]
 
+#: The study's rows: the 12 core variants plus the linear-cost Fourier RPE for each kernel, so
+#: the study can set linear-cost RPE beside the exact one.
+STUDY_MODELS = CORE_MODELS + [f"{kernel}-frpe" for kernel in ("softmax", "favor", "relu")]
+
 #: Options of the backbone itself (``ViTConfig`` fields beyond the required sizes).
 BACKBONE_OPTIONS = ("pool", "ape", "qk_norm", "dropout", "emb_dropout")
 

@@ -19,7 +19,7 @@ from rpevit.experiments.grid import (
     run_grid,
     run_grid_parallel,
 )
-from rpevit.registry import CORE_MODELS, list_available_models
+from rpevit.registry import CORE_MODELS, STUDY_MODELS, list_available_models
 from rpevit.training.cli import add_train_arguments, config_from_args
 
 #: ``rpevit train`` options that the grid decides per run (or, for --out, redefines).
@@ -60,8 +60,8 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--models",
         default="all",
-        help="'all' (the 12 core variants), 'registry' (every registered model) or a "
-        "comma-separated list, e.g. softmax-ape,favor-rpe",
+        help="'all' (the 12 core variants), 'study' (those and softmax/favor/relu-frpe), "
+        "'registry' (every registered model) or a comma-separated list, e.g. softmax-ape,favor-rpe",
     )
     g.add_argument(
         "--seeds", type=_integers, default=[42], help="comma-separated training seeds (default 42)"
@@ -98,6 +98,8 @@ def run_grid_command(args: argparse.Namespace) -> int:
     failed, ``128 + signal`` (130, 143) if a signal stopped it (re-running continues)."""
     if args.models == "all":
         models = list(CORE_MODELS)
+    elif args.models == "study":
+        models = list(STUDY_MODELS)
     elif args.models == "registry":
         models = list_available_models()
     else:
