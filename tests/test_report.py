@@ -317,3 +317,13 @@ def test_top5_column_appears_only_where_recorded(tmp_path):
     build_report(tmp_path / "c100")
     text = (tmp_path / "c100" / "report" / "results.md").read_text()
     assert "| test acc % | top-5 % |" in text and "| 50.00 | 80.00 |" in text
+
+
+def test_gap_closed_covers_the_linear_cost_frpe_rows():
+    from rpevit.report.tables import gap_closed_table
+
+    acc = {"softmax-ape": 0.90, "favor-ape": 0.80, "favor-frpe": 0.85, "relu-ape": 0.95}
+    rows = [{"variant": m, "test_accuracy_mean": a} for m, a in acc.items()]
+    table = gap_closed_table(rows)
+    assert table["favor"]["frpe"] == pytest.approx(0.5)
+    assert table["relu"]["frpe"] is None  # relu-ape is not behind softmax-ape

@@ -29,7 +29,7 @@ from rpevit.report.stats import t_interval
 #: Denominators of "gap closed" smaller than this (in accuracy, a fraction) count as zero.
 GAP_EPS = 1e-6
 PERFORMER_KERNELS = ("favor", "relu")
-RELATIVE_POSITIONS = ("rpe", "string", "rope")
+RELATIVE_POSITIONS = ("rpe", "string", "rope", "frpe")
 NA = "n/a"
 
 
