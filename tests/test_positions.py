@@ -79,23 +79,6 @@ def test_rpe_chunked_with_recomputation_matches_and_backpropagates(monkeypatch, 
     torch.testing.assert_close(g_chunked, g_ref, rtol=1e-8, atol=1e-10)
 
 
-def test_rpe_auto_method_switches_at_threshold(monkeypatch):
-    import rpevit.attention.toeplitz as toeplitz
-
-    calls = []
-    for name in ("_toeplitz_quadratic", "_toeplitz_fft"):
-        original = getattr(toeplitz, name)
-        monkeypatch.setattr(
-            toeplitz, name, lambda *a, _n=name, _f=original: calls.append(_n) or _f(*a)
-        )
-    monkeypatch.setattr(toeplitz, "FFT_THRESHOLD", 12)
-    for height in (3, 4):  # 9 < 12 patch tokens, then 12
-        qf = torch.rand(1, 1, 1 + 3 * height, 4)
-        log_c = torch.zeros(1, 2 * height - 1, 5)
-        rpe_linear_attention(qf, qf, qf, log_c, (height, 3, 1))
-    assert calls == ["_toeplitz_quadratic", "_toeplitz_fft"]
-
-
 def test_rpe_fft_path_never_builds_an_n_by_n_tensor():
     from conftest import LargestTensor
 

@@ -202,7 +202,9 @@ def test_auto_takes_the_fft_later_when_it_needs_float64_transforms(monkeypatch):
         )
     monkeypatch.setattr(toeplitz, "FFT_THRESHOLD", 12)
     monkeypatch.setattr(toeplitz, "FFT64_THRESHOLD", 16)
+    small = _features(1, 1, 10, 4, 4, torch.float32)  # 9 < 12 patch tokens, flat: quadratic
+    rpe_linear_attention(*small, torch.zeros(1, 5, 5), (3, 3, 1))
     qf, kf, v = _features(1, 1, 13, 4, 4, torch.float32)
     for scale in (0.0, 5.0):  # 12 patch tokens: flat -> fft, spread -> quadratic
         rpe_linear_attention(qf, kf, v, scale * torch.randn(1, 5, 7), (3, 4, 1))
-    assert calls == ["_toeplitz_fft", "_toeplitz_quadratic"]
+    assert calls == ["_toeplitz_quadratic", "_toeplitz_fft", "_toeplitz_quadratic"]
