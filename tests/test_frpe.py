@@ -269,3 +269,30 @@ def test_registry_builds_frpe_models_and_validates_frpe_terms():
         rpevit.create_model("favor-rpe", frpe_terms=2, **sizes)
     with pytest.raises(ValueError, match="unknown model"):
         rpevit.create_model("linformer-frpe", **sizes)
+
+
+@pytest.mark.parametrize("kernel", ["favor", "relu"])
+def test_float32_gradients_match_float64_at_initialisation(kernel):
+    """At f = 1 (the initial state, and the last layer's under CLS pooling) the denominator
+    bound is tight; float32 rounding must not switch the denominator to the detached bound,
+    which would cut its gradient in some rows (the favor-frpe training failure)."""
+    import copy
+
+    torch.manual_seed(0)
+    make = FavorKernel(8, 32, redraw_interval=0) if kernel == "favor" else ReluKernel(8)
+    attn = Attention(16, 2, make, FourierRPE(2, (4, 5), terms=2)).eval()
+    x = torch.randn(4, 21, 16)
+    grid = TokenGrid(4, 5, 1)
+    weight = torch.randn(4, 21, 16)
+
+    def gradients(module, inputs):
+        inputs = inputs.clone().requires_grad_(True)
+        (module(inputs, grid) * weight.to(inputs.dtype)).sum().backward()
+        grads = {n: p.grad.double() for n, p in module.named_parameters() if p.grad is not None}
+        return grads, inputs.grad.double()
+
+    g32, x32 = gradients(attn, x)
+    g64, x64 = gradients(copy.deepcopy(attn).double(), x.double())
+    assert ((x32 - x64).norm() / x64.norm()).item() < 1e-4
+    for name in ("qkv.weight", "qkv.bias"):
+        assert ((g32[name] - g64[name]).norm() / g64[name].norm()).item() < 1e-4, name

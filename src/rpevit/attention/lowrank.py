@@ -74,8 +74,9 @@ def fourier_linear_attention(
     Denominator guard: ``block 0 = phi(q_i)^T S_0 = a_0 D_i + E_i`` (``D_i``: plain sum over
     patch keys, ``E_i`` over prefix keys) and every weight is at least ``l = min(softplus(beta),
     1)`` (``f >= softplus(beta)``, prefix weights 1), so the true denominator is at least
-    ``l / a_0 * block 0 > 0``; the computed one (where rounding in the cancelling cosine terms
-    lands) is raised to that detached bound, so it never reaches 0 or below.
+    ``l / a_0 * block 0 > 0``. A computed denominator below half that bound (only possible
+    through cancellation in the cosine terms) is replaced by the detached bound, so it never
+    reaches 0 or below; above it, the computed value and its exact gradient are kept.
     """
     prefix = num_prefix
     if q_features.shape[-2] != coords.shape[0] + prefix:
@@ -104,5 +105,8 @@ def fourier_linear_attention(
             low = F.softplus(params[3]).clamp_max(1.0)
             floor = (low / fourier_constant(params[2], params[3]))[:, None, None]
             floor = floor * blocks[..., 0, -1:]
-        denominator = torch.where(out[..., -1:] >= floor, out[..., -1:], floor)
+        # Only a clear numerical failure (computed below half the bound) takes the detached
+        # bound: at initialisation the bound is tight, and switching on rounding noise there
+        # would cut the denominator's gradient in about half of the rows.
+        denominator = torch.where(out[..., -1:] >= 0.5 * floor, out[..., -1:], floor)
         return (out[..., :-1] / denominator.clamp_min(DENOMINATOR_EPS)).to(v.dtype)
