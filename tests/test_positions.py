@@ -18,7 +18,7 @@ from rpevit.attention import (
     rpe_linear_attention,
 )
 from rpevit.attention.toeplitz import dense_relative_matrix
-from rpevit.positions import CirculantString, KernelizedRPE, Rope2D, TokenGrid
+from rpevit.positions import CirculantString, FourierRPE, KernelizedRPE, Rope2D, TokenGrid
 from rpevit.positions.gates import PositionGate
 from rpevit.positions.string import (
     angles_to_first_column,
@@ -263,7 +263,7 @@ def _attention(kernel, position, dim=16, heads=2):
 def _randomise_positions(module):
     with torch.no_grad():
         for name, p in module.position.named_parameters():
-            p.add_(torch.randn_like(p) * (0.5 if "table" in name else 0.1))
+            p.add_(torch.randn_like(p) * (0.5 if name in ("table", "amplitudes") else 0.1))
 
 
 POSITIONS = {
@@ -271,6 +271,7 @@ POSITIONS = {
     "string": lambda: CirculantString(8, 2),
     "rope": lambda: Rope2D(8, 2, "axial"),
     "rope-mixed": lambda: Rope2D(8, 2, "mixed"),
+    "frpe": lambda: FourierRPE(2, (3, 4), terms=3),
 }
 
 KERNELS = {
@@ -304,7 +305,7 @@ def test_softmax_rotation_outputs_are_shift_invariant_exactly_without_prefix_tok
         assert not torch.allclose(out, linear(x, TokenGrid(3, 4, 0, origin=(5, -2))))
 
 
-@pytest.mark.parametrize("position", ["rpe", "string", "rope", "rope-mixed"])
+@pytest.mark.parametrize("position", ["rpe", "string", "rope", "rope-mixed", "frpe"])
 def test_favor_converges_to_softmax_with_same_weights(position):
     """FAVOR+-X estimates softmax-X: the error falls as the number of features grows."""
     soft = _attention(SoftmaxKernel(), POSITIONS[position]()).eval()
