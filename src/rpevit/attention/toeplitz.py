@@ -306,12 +306,12 @@ def _flat(shift: Tensor, dtype: torch.dtype) -> bool:
     return dtype != torch.float64 and bool((shift.amax(-1, keepdim=True) - shift).max() <= FFT_FLAT)
 
 
-def _toeplitz_fft(qf, kf, v_ext, log_c, shift, height, width) -> tuple[Tensor, Tensor]:
-    """Patch rows of ``(C * (qf kf^T)) v_ext`` by FFT, row ``i`` scaled by ``exp(-t_i)`` with
-    ``t_i`` the top of its band, and that log-scale (see the module docstring)."""
+def _toeplitz_fft(qf, kf, v_ext, log_c, shift, height, width, work) -> tuple[Tensor, Tensor]:
+    """Patch rows of ``(C * (qf kf^T)) v_ext`` by FFT in the ``work`` dtype (float64 unless the
+    table is flat, :func:`_flat`), row ``i`` scaled by ``exp(-t_i)`` with ``t_i`` the top of its
+    band, and that log-scale (see the module docstring)."""
     top = shift.amax(-1, keepdim=True)  # [h, 1]
     index = ((top - shift) / FFT_BAND).floor()  # [h, N]: band of each row
-    work = torch.float32 if _flat(shift, qf.dtype) else torch.float64
     tops = top - FFT_BAND * torch.arange(int(index.max()) + 1, dtype=shift.dtype)  # [h, nb]
     tops = tops.T[:, :, None, None]  # [nb, h, 1, 1]
     # Offsets above a band's top are out of its rows' reach: weight 0 there (a full gradient at
@@ -359,12 +359,16 @@ def rpe_linear_attention(
         v_ext = torch.nn.functional.pad(v.to(qf.dtype), (0, 1), value=1.0)  # denominator column
         log_c = log_weights.to(qf.dtype)
         shift = row_stabiliser(log_c.detach(), height, width, prefix)
+        flat = method != "quadratic" and _flat(shift, qf.dtype)  # one host sync, if needed
         if method == "auto":
-            threshold = FFT_THRESHOLD if _flat(shift, qf.dtype) else FFT64_THRESHOLD
+            threshold = FFT_THRESHOLD if flat else FFT64_THRESHOLD
             method = "quadratic" if height * width < threshold else "fft"
-        toeplitz = _toeplitz_quadratic if method == "quadratic" else _toeplitz_fft
         q_p, k_p, v_p = qf[:, :, prefix:], kf[:, :, prefix:], v_ext[:, :, prefix:]
-        out_patch, scale = toeplitz(q_p, k_p, v_p, log_c, shift, height, width)
+        if method == "quadratic":
+            out_patch, scale = _toeplitz_quadratic(q_p, k_p, v_p, log_c, shift, height, width)
+        else:
+            work = torch.float32 if flat else torch.float64
+            out_patch, scale = _toeplitz_fft(q_p, k_p, v_p, log_c, shift, height, width, work)
         if prefix:
             # Prefix keys have weight 1 (exp(-scale) after the rows' stabiliser) for every
             # query; prefix queries see plain linear attention.
