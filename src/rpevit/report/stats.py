@@ -18,7 +18,8 @@ the other once per seed, as if the seeds were independent evidence on new images
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import statistics
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from scipy import stats
@@ -30,6 +31,15 @@ ALPHA = 1 - CONFIDENCE
 BOOTSTRAP_SAMPLES = 2000
 BOOTSTRAP_SEED = 0
 _CHUNK = 100  # resamples drawn at once (bounds memory: CHUNK x images)
+
+
+def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (ddof 1) of the non-missing values; std is None
+    with fewer than two values, both are None with none."""
+    present = [float(v) for v in values if v is not None]
+    if not present:
+        return None, None
+    return statistics.fmean(present), statistics.stdev(present) if len(present) > 1 else None
 
 
 def t_interval(
@@ -53,10 +63,11 @@ def paired_difference(
     seeds = sorted(set(a) & set(b))
     diffs = [a[s] - b[s] for s in seeds]
     interval = t_interval(diffs, confidence)
+    mean, std = mean_std(diffs)
     return {
         "seeds": seeds,
-        "mean": float(np.mean(diffs)) if diffs else None,
-        "std": float(np.std(diffs, ddof=1)) if len(diffs) > 1 else None,
+        "mean": mean,
+        "std": std,
         "ci": None if interval is None else [interval[1], interval[2]],
     }
 

@@ -15,7 +15,6 @@ names); ablation and from-checkpoint variants are compared in their own tables.
 from __future__ import annotations
 
 import csv
-import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 from rpevit.atomic import atomic_write
 from rpevit.registry import list_available_models
 from rpevit.report.runs import Run
-from rpevit.report.stats import t_interval
+from rpevit.report.stats import mean_std, t_interval
 
 #: Denominators of "gap closed" smaller than this (in accuracy, a fraction) count as zero.
 GAP_EPS = 1e-6
@@ -94,15 +93,6 @@ METRICS: tuple[Metric, ...] = (
         "peak_memory_mb", "peak memory MiB", _get("peak_memory_mb"), lambda x: f"{x:,.0f}", "cost"
     ),  # fmt: skip
 )
-
-
-def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (ddof 1) of the non-missing values; std is None
-    with fewer than two values, both are None with none."""
-    present = [float(v) for v in values if v is not None]
-    if not present:
-        return None, None
-    return statistics.fmean(present), statistics.stdev(present) if len(present) > 1 else None
 
 
 def model_order(models: Iterable[str]) -> list[str]:
