@@ -49,8 +49,9 @@ def orthogonal_gaussian_projection(
     return (rows * norms.unsqueeze(1)).to(dtype)
 
 
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    """Feature maps run in float32, or float64 if given (never in a low-precision dtype)."""
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """Position and feature maps run in float32, or float64 if given (never in a low-precision
+    dtype)."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
@@ -60,7 +61,7 @@ def _favor_exponent(x: Tensor, projection: Tensor) -> Tensor:
     Few passes over the ``[..., N, m]`` result: ``d^-1/4`` is folded into the small projection
     and the norm is subtracted in place (matmul does not save its output for backward).
     """
-    x = x.to(_compute_dtype(x))
+    x = x.to(compute_dtype(x))
     scale = x.shape[-1] ** -0.25
     w = projection.to(device=x.device, dtype=x.dtype) * scale
     exponent = x @ w.T
@@ -115,7 +116,7 @@ def favor_features(
 def relu_features(x: Tensor, projection: Tensor | None = None, eps: float = 1e-3) -> Tensor:
     """Deterministic Performer-ReLU features ``ReLU(P x') + eps`` (``P`` = identity if None)."""
     with torch.autocast(device_type=x.device.type, enabled=False):
-        x = x.to(_compute_dtype(x)) * x.shape[-1] ** -0.25
+        x = x.to(compute_dtype(x)) * x.shape[-1] ** -0.25
         if projection is not None:
             x = x @ projection.to(x.dtype).T
         return F.relu(x) + eps

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from rpevit.attention.functional import (
+    compute_dtype,
     exp_feature_pair,
     favor_feature_pair,
     linear_attention,
@@ -199,7 +200,7 @@ class ExpKernel(LinearKernel):
 
     def feature_pair(self, q, k):
         with torch.autocast(device_type=q.device.type, enabled=False):
-            dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+            dtype = compute_dtype(q)
             scale = q.shape[-1] ** -0.25
             return exp_feature_pair(q.to(dtype) * scale, k.to(dtype) * scale)
 

@@ -15,6 +15,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from rpevit.attention.functional import compute_dtype
 from rpevit.positions.base import PositionEncoding, TokenGrid, apply_to_patches
 
 
@@ -59,7 +60,7 @@ class Rope2D(PositionEncoding):
         return coords[:, 0, None] * freqs[0][:, None] + coords[:, 1, None] * freqs[1][:, None]
 
     def rotate(self, q: Tensor, k: Tensor, grid: TokenGrid) -> tuple[Tensor, Tensor]:
-        dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+        dtype = compute_dtype(q)
         angles = self.angles(grid.coords(q.device, dtype))
         cos, sin = angles.cos().to(q.dtype), angles.sin().to(q.dtype)  # once for q and k
 

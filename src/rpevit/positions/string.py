@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rpevit.attention.functional import compute_dtype
 from rpevit.positions.base import PositionEncoding, TokenGrid, apply_to_patches
 
 
@@ -50,7 +51,7 @@ def first_column_to_angles(first_column: Tensor) -> Tensor:
     """The angles ``2 Im FFT(c)`` on bins ``1..ceil(d/2)-1`` that the first column ``c`` acts with
     (the same float operations as the former first-column forward pass: outputs are identical)."""
     d = first_column.shape[-1]
-    dtype = torch.float64 if first_column.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(first_column)
     return (2 * torch.fft.rfft(first_column.to(dtype), dim=-1).imag)[..., 1 : num_angles(d) + 1]
 
 
@@ -64,7 +65,7 @@ def string_rotor(coords: Tensor, freq_row: Tensor, freq_col: Tensor, head_dim: i
 
 def string_rotate(x: Tensor, rotor: Tensor) -> Tensor:
     """``R(r_n) x_n`` for ``x[..., N, d]`` given the rotor of :func:`string_rotor`."""
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(x)
     with torch.autocast(device_type=x.device.type, enabled=False):
         rotated = torch.fft.irfft(torch.fft.rfft(x.to(dtype), dim=-1) * rotor, n=x.shape[-1])
     return rotated.to(x.dtype)
@@ -112,7 +113,7 @@ class CirculantString(PositionEncoding):
         )  # fmt: skip
 
     def rotate(self, q: Tensor, k: Tensor, grid: TokenGrid) -> tuple[Tensor, Tensor]:
-        dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+        dtype = compute_dtype(q)
         rotor = self.rotor(grid, q.device, dtype)  # once for q and k
 
         def fn(x: Tensor) -> Tensor:
