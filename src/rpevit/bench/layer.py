@@ -235,6 +235,14 @@ def summarise_frpe(t: dict, mem: dict, tokens: list[int]) -> dict:
     return summary
 
 
+def _ratio_line(label: str, result: dict, target: float, up_to: int | None = None) -> str:
+    """One target line: the time ratios per N (those up to ``up_to``), the bound, the verdict."""
+    ratios = ", ".join(
+        f"{n}: {fmt(v, 2)}x" for n, v in result["ratios"].items() if up_to is None or n <= up_to
+    )
+    return f"- {label}: {ratios} (target <= {target}): {verdict(result['pass'])}"
+
+
 def markdown(record: dict) -> str:
     """Time and memory tables plus the target checks."""
     rows, summary = record["rows"], record["summary"]
@@ -279,19 +287,12 @@ def markdown(record: dict) -> str:
         "Targets:",
         "",
     ]
-    r = summary["favor_rpe_vs_ape"]
     lines.append(
-        f"- favor-rpe / favor-ape at N <= 256: "
-        f"{', '.join(f'{n}: {fmt(v, 2)}x' for n, v in r['ratios'].items() if n <= 256)} "
-        f"(target <= 3): {verdict(r['pass'])}"
+        _ratio_line("favor-rpe / favor-ape at N <= 256", summary["favor_rpe_vs_ape"], 3, 256)
     )
     for position in ("string", "rope"):
         r = summary[f"favor_{position}_vs_ape"]
-        lines.append(
-            f"- favor-{position} / favor-ape: "
-            f"{', '.join(f'{n}: {fmt(v, 2)}x' for n, v in r['ratios'].items())} "
-            f"(target <= 1.5): {verdict(r['pass'])}"
-        )
+        lines.append(_ratio_line(f"favor-{position} / favor-ape", r, 1.5))
     g = summary["growth_1024_to_4096"]
     lines.append(
         "- per-sequence time growth N=1024 -> 4096: "
@@ -316,11 +317,7 @@ def markdown(record: dict) -> str:
     )
     for kernel in ("favor", "relu"):
         r = summary[f"{kernel}_frpe_vs_ape"]
-        lines.append(
-            f"- {kernel}-frpe / {kernel}-ape: "
-            f"{', '.join(f'{n}: {fmt(v, 2)}x' for n, v in r['ratios'].items())} "
-            f"(target <= 1.5): {verdict(r['pass'])}"
-        )
+        lines.append(_ratio_line(f"{kernel}-frpe / {kernel}-ape", r, 1.5))
         c = summary[f"{kernel}_frpe_beats_softmax_rpe"]
         lines.append(
             f"- {kernel}-frpe faster than softmax-rpe: "
