@@ -3,5 +3,5 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 cd "$ROOT"
-ruff check src tests benchmarks experiments
+ruff check src tests experiments
 python -m pytest "$@"

@@ -85,12 +85,21 @@ def test_ceiling_writes_outputs(tmp_path, threads):
     assert all(0 < r["mfu"] and r["forward_flops_per_image"] > 0 for r in record["models"])
 
 
+def test_data_writes_outputs(tmp_path, threads):
+    record = run("data", tmp_path)
+    measured = [r for r in record["rows"] if "images_per_second" in r]
+    assert all(r["images_per_second"] > 0 and r["images"] <= 1024 for r in measured)
+    assert {r["dataset"] for r in record["rows"]} == {"cifar10", "mnist"}
+
+
 def test_all_benchmarks_are_selectable(tmp_path):
     parser = argparse.ArgumentParser()
     add_bench_arguments(parser)
     with pytest.raises(ValueError, match="unknown benchmark"):
         run_bench(parser.parse_args(["nope", "--smoke", "--out", str(tmp_path)]))
-    assert list(BENCHMARKS) == ["layer", "scaling", "anchors", "fidelity", "ceiling", "training"]
+    assert list(BENCHMARKS) == [
+        "layer", "scaling", "anchors", "fidelity", "ceiling", "training", "data"
+    ]  # fmt: skip
     assert "training" not in selected_benchmarks(["all"]) == selected_benchmarks([])
     assert selected_benchmarks(["training", "layer"]) == ["layer", "training"]
 

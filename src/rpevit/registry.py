@@ -92,16 +92,24 @@ POSITIONS: dict[str, tuple[Callable[..., PositionEncoding], tuple[str, ...]]] = 
 #: Kernel/position pairs that do not make sense (Linformer mixes tokens: no pairwise RPE).
 INCOMPATIBLE = {("linformer", "rpe"), ("linformer", "frpe")}
 
+#: The study's attention kernels: exact softmax, then the linear-time Performer kernels.
+CORE_KERNELS = ("softmax", "favor", "relu")
+
+#: The study's linear-time kernels, each compared against softmax.
+PERFORMER_KERNELS = CORE_KERNELS[1:]
+
+#: Position encodings of the core variants: absolute only, then the relative ones.
+CORE_POSITIONS = ("ape", "rpe", "string", "rope")
+
+#: The study's relative position encodings: the core ones and the linear-cost Fourier RPE.
+RELATIVE_POSITIONS = (*CORE_POSITIONS[1:], "frpe")
+
 #: The study's 12 core variants: {softmax, favor, relu} x {ape, rpe, string, rope}.
-CORE_MODELS = [
-    f"{kernel}-{position}"
-    for kernel in ("softmax", "favor", "relu")
-    for position in ("ape", "rpe", "string", "rope")
-]
+CORE_MODELS = [f"{kernel}-{position}" for kernel in CORE_KERNELS for position in CORE_POSITIONS]
 
 #: The study's rows: the 12 core variants plus the linear-cost Fourier RPE for each kernel, so
 #: the study can set linear-cost RPE beside the exact one.
-STUDY_MODELS = CORE_MODELS + [f"{kernel}-frpe" for kernel in ("softmax", "favor", "relu")]
+STUDY_MODELS = CORE_MODELS + [f"{kernel}-frpe" for kernel in CORE_KERNELS]
 
 #: Options of the backbone itself (``ViTConfig`` fields beyond the required sizes).
 BACKBONE_OPTIONS = ("pool", "ape", "qk_norm", "dropout", "emb_dropout")
@@ -136,30 +144,16 @@ def _to_pair(size: int | tuple[int, int] | list[int], what: str) -> tuple[int, i
 
 
 def build_config(
-    *,
-    image_size: int | tuple[int, int],
-    in_chans: int,
-    num_classes: int,
-    patch_size: int,
-    dim: int,
-    depth: int,
-    heads: int,
-    mlp_dim: int,
-    **backbone: Any,
+    image_size: int | tuple[int, int] | list[int], sizes: dict[str, Any], backbone: dict[str, Any]
 ) -> ViTConfig:
-    """Validated ``ViTConfig``; impossible sizes raise ValueError saying what to change."""
+    """Validated ``ViTConfig`` from the image size, the other required ``sizes`` (in_chans,
+    num_classes, patch_size, dim, depth, heads, mlp_dim) and ``backbone`` options; impossible
+    sizes raise ValueError saying what to change."""
     image_size = _to_pair(image_size, "image_size")
-    for key, value in dict(
-        in_chans=in_chans,
-        num_classes=num_classes,
-        patch_size=patch_size,
-        dim=dim,
-        depth=depth,
-        heads=heads,
-        mlp_dim=mlp_dim,
-    ).items():
+    for key, value in sizes.items():
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{key} must be a positive integer, got {value!r}")
+    patch_size, dim, heads = sizes["patch_size"], sizes["dim"], sizes["heads"]
     if image_size[0] % patch_size or image_size[1] % patch_size:
         raise ValueError(
             f"image size {image_size[0]}x{image_size[1]} is not divisible by patch size "
@@ -172,9 +166,7 @@ def build_config(
     for key in ("dropout", "emb_dropout"):
         if not 0.0 <= backbone.get(key, 0.0) < 1.0:
             raise ValueError(f"{key} must be in [0, 1), got {backbone[key]!r}")
-    return ViTConfig(
-        image_size, patch_size, in_chans, num_classes, dim, depth, heads, mlp_dim, **backbone
-    )
+    return ViTConfig(image_size=image_size, **sizes, **backbone)
 
 
 def create_model(
@@ -209,8 +201,7 @@ def create_model(
             f"option(s) {', '.join(sorted(unknown))} do not apply to model {name!r}; "
             f"valid options: {', '.join(valid)}"
         )
-    config = build_config(
-        image_size=image_size,
+    sizes = dict(
         in_chans=in_chans,
         num_classes=num_classes,
         patch_size=patch_size,
@@ -218,16 +209,16 @@ def create_model(
         depth=depth,
         heads=heads,
         mlp_dim=mlp_dim,
-        **{k: v for k, v in options.items() if k in BACKBONE_OPTIONS},
     )
+    backbone = {k: v for k, v in options.items() if k in BACKBONE_OPTIONS}
+    config = build_config(image_size, sizes, backbone)
     kernel_opts = {k: v for k, v in options.items() if k in kernel_keys and v is not None}
     position_opts = {k: v for k, v in options.items() if k in position_keys and v is not None}
     shared: dict = {}
-    model = VisionTransformer(
+    return VisionTransformer(
         config,
         lambda: make_kernel(config, shared, **kernel_opts),
         lambda: make_position(config, **position_opts),
+        name=name,
+        options=options,
     )
-    model.model_name = name
-    model.model_options = dict(options)
-    return model

@@ -33,7 +33,6 @@ from rpevit.bench.common import (
     ratio,
     time_interleaved,
     verdict,
-    write_outputs,
 )
 from rpevit.bench.fidelity import relative_error
 from rpevit.positions import Rope2D, TokenGrid
@@ -238,17 +237,13 @@ def summarise(record: dict) -> dict:
     """Targets: FAVOR+ >= 1.3x faster than FastAttention at N >= 1024 with <= its error;
     our ViT training throughput >= vit-pytorch's."""
     fav = {(r["impl"], r["tokens"]): r for r in record["favor"] if "time_ms" in r}
-    speedups, error_ok = {}, {}
+    speedups, error_ok, compiled = {}, {}, {}
     for n in record["settings"]["tokens"]:
         ours = fav.get(("ours favor_attention", n))
         theirs = fav.get(("performer-pytorch FastAttention", n))
         if ours and theirs:
             speedups[n] = ratio(theirs["time_ms"], ours["time_ms"])
             error_ok[n] = ours["rel_error"] <= theirs["rel_error"] * (1 + 1e-3)
-    compiled = {}
-    for n in record["settings"]["tokens"]:
-        ours = fav.get(("ours favor_attention", n))
-        theirs = fav.get(("performer-pytorch FastAttention", n))
         new = fav.get(("ours + torch.compile", n))
         if new and ours:
             compiled[n] = {
@@ -283,23 +278,23 @@ def run(ctx: BenchContext) -> dict:
     return record
 
 
+def _timing_table(rows: list[dict], ours: str, last: str) -> list[list]:
+    """Table rows: implementation, N, B, ms, time relative to ``ours`` at the same N, and
+    ``last`` (the skip note for an implementation that did not run)."""
+    base = {(r["impl"], r["tokens"]): r.get("time_ms") for r in rows}
+    return [
+        [r["impl"], r["tokens"], r.get("batch", "-"), fmt(r.get("time_ms")),
+         fmt(ratio(r.get("time_ms"), base.get((ours, r["tokens"]))), 2),
+         fmt(r.get(last)) if "time_ms" in r else r.get("note", "-")]
+        for r in rows
+    ]  # fmt: skip
+
+
 def markdown(record: dict) -> str:
     """Three tables and the two targets."""
     s, summary = record["settings"], record["summary"]
-    base = {(r["impl"], r["tokens"]): r.get("time_ms") for r in record["favor"]}
-    favor_table = [
-        [r["impl"], r["tokens"], r.get("batch", "-"), fmt(r.get("time_ms")),
-         fmt(ratio(r.get("time_ms"), base.get(("ours favor_attention", r["tokens"]))), 2),
-         fmt(r.get("rel_error")) if "rel_error" in r else r.get("note", "-")]
-        for r in record["favor"]
-    ]  # fmt: skip
-    rbase = {(r["impl"], r["tokens"]): r.get("time_ms") for r in record["rope"]}
-    rope_table = [
-        [r["impl"], r["tokens"], r.get("batch", "-"), fmt(r.get("time_ms")),
-         fmt(ratio(r.get("time_ms"), rbase.get(("ours Rope2D (axial)", r["tokens"]))), 2),
-         fmt(r.get("max_abs_diff")) if "time_ms" in r else r.get("note", "-")]
-        for r in record["rope"]
-    ]  # fmt: skip
+    favor_table = _timing_table(record["favor"], "ours favor_attention", "rel_error")
+    rope_table = _timing_table(record["rope"], "ours Rope2D (axial)", "max_abs_diff")
     vbase = next(r["images_per_s"] for r in record["vit"] if r["impl"] == "ours softmax-ape")
     vit_table = [
         [r["impl"], f"{r['params']:,}" if "params" in r else "-", fmt(r.get("images_per_s")),
@@ -361,10 +356,3 @@ def plot(record: dict):
     right.bar([r["impl"] for r in vit], [r["images_per_s"] for r in vit], color=["C0", "C1"])
     right.set_title("ViT training images/s")
     return figure
-
-
-def main(ctx: BenchContext) -> dict:
-    """Run, write ``anchors.{json,md,png}``, return the record."""
-    record = run(ctx)
-    write_outputs(ctx, "anchors", record, markdown(record), lambda: plot(record))
-    return record

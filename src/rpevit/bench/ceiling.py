@@ -19,7 +19,6 @@ from rpevit.bench.common import (
     median,
     new_record,
     time_interleaved,
-    write_outputs,
 )
 from rpevit.bench.workloads import build_step, kernel_options
 from rpevit.flops import count_flops
@@ -127,10 +126,3 @@ def plot(record: dict):
     right.set_title("Training model FLOPs utilisation")
     right.tick_params(axis="x", rotation=60)
     return figure
-
-
-def main(ctx: BenchContext) -> dict:
-    """Run, write ``ceiling.{json,md,png}``, return the record."""
-    record = run(ctx)
-    write_outputs(ctx, "ceiling", record, markdown(record), lambda: plot(record))
-    return record

@@ -1,5 +1,4 @@
-"""Arguments and dispatch of ``rpevit bench`` (also ``python -m rpevit.bench`` and the scripts
-in ``benchmarks/``)."""
+"""Arguments and dispatch of ``rpevit bench``."""
 
 from __future__ import annotations
 
@@ -13,9 +12,10 @@ from pathlib import Path
 
 import torch
 
-from rpevit.bench.common import VARIANTS, BenchContext, load_average
+from rpevit.bench.common import VARIANTS, BenchContext, load_average, write_outputs
 
-#: Benchmark name -> module under ``rpevit.bench`` with ``main(ctx) -> record``; run in order.
+#: Benchmark name -> module under ``rpevit.bench`` with ``run(ctx) -> record``,
+#: ``markdown(record) -> str`` and ``plot(record) -> Figure``; run in order.
 BENCHMARKS = {
     "layer": "rpevit.bench.layer",
     "scaling": "rpevit.bench.scaling",
@@ -23,9 +23,11 @@ BENCHMARKS = {
     "fidelity": "rpevit.bench.fidelity",
     "ceiling": "rpevit.bench.ceiling",
     "training": "rpevit.bench.training",
+    "data": "rpevit.bench.data",
 }
-#: Run only when named: ``training`` trains real CIFAR-10 runs (needs the data, minutes).
-ON_REQUEST = ("training",)
+#: Run only when named, since they need the data sets: ``training`` trains real CIFAR-10 runs
+#: (minutes), ``data`` times the input pipeline.
+ON_REQUEST = ("training", "data")
 
 #: Timing defaults per preset: (warm-up calls, timed calls, seconds budget per callable).
 TIMING = {"smoke": (1, 2, 0.5), "quick": (1, 5, 2.0), "full": (2, 10, 10.0)}
@@ -122,6 +124,15 @@ def selected_benchmarks(requested: list[str]) -> list[str]:
     return [name for name in BENCHMARKS if name in requested]
 
 
+def run_one(name: str, ctx: BenchContext) -> dict:
+    """Run benchmark ``name``, write ``<name>.{json,md,png}`` into ``ctx.out``, return the
+    record."""
+    module = importlib.import_module(BENCHMARKS[name])
+    record = module.run(ctx)
+    write_outputs(ctx, name, record, module.markdown(record), lambda: module.plot(record))
+    return record
+
+
 def run_bench(args: argparse.Namespace) -> int:
     """Run the selected benchmarks; 0 if all ran (whatever their targets), 1 if one failed."""
     ctx = context_from_args(args)
@@ -140,7 +151,7 @@ def run_bench(args: argparse.Namespace) -> int:
     for name in names:
         torch.manual_seed(ctx.seed)
         try:
-            importlib.import_module(BENCHMARKS[name]).main(ctx)
+            run_one(name, ctx)
         except Exception:
             traceback.print_exc()
             print(f"rpevit bench {name}: failed (see the traceback above)", file=sys.stderr)
@@ -150,17 +161,3 @@ def run_bench(args: argparse.Namespace) -> int:
         f"{time.perf_counter() - start:.0f} s; outputs in {ctx.out}/"
     )
     return 1 if failed else 0
-
-
-def main(argv: list[str] | None = None, default: str | None = None) -> int:
-    """Stand-alone entry point; ``default`` preselects one benchmark (for the scripts)."""
-    parser = argparse.ArgumentParser(prog="rpevit bench", description=__doc__.splitlines()[0])
-    add_bench_arguments(parser)
-    args = parser.parse_args(argv)
-    if default is not None and not args.benchmarks:
-        args.benchmarks = [default]
-    try:
-        return run_bench(args)
-    except ValueError as error:
-        print(f"rpevit bench: error: {error}", file=sys.stderr)
-        return 2

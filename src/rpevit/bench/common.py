@@ -24,13 +24,11 @@ import torch
 
 from rpevit.atomic import atomic_write
 from rpevit.metrics import git_commit, write_json_atomic
+from rpevit.registry import STUDY_MODELS
 
-#: The 12 core variants plus the linear-cost Fourier RPE (``frpe``) of each kernel.
-VARIANTS = [
-    f"{k}-{p}"
-    for k in ("softmax", "favor", "relu")
-    for p in ("ape", "rpe", "frpe", "string", "rope")
-]
+#: The study's variants (the 12 core ones and each kernel's linear-cost Fourier RPE) by kernel,
+#: each ``*-frpe`` right after its exact ``*-rpe`` (a stable sort on the exact RPE's place).
+VARIANTS = sorted(STUDY_MODELS, key=lambda name: STUDY_MODELS.index(name.replace("-frpe", "-rpe")))
 
 
 @dataclass
@@ -60,13 +58,8 @@ def preset_settings(table: dict[str, dict], ctx: BenchContext) -> dict:
 
 
 def command_line() -> str:
-    """The invoking process's command line (``python -m <package>`` for ``__main__.py``)."""
-    program = sys.argv[0]
-    main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    if program.endswith("__main__.py") and main_spec is not None:
-        program = f"python -m {main_spec.name.removesuffix('.__main__')}"
-    elif Path(program).name == "rpevit":
-        program = "rpevit"
+    """The invoking process's command line, the console script's path shortened to ``rpevit``."""
+    program = "rpevit" if Path(sys.argv[0]).name == "rpevit" else sys.argv[0]
     return " ".join([program, *(shlex.quote(a) for a in sys.argv[1:])])
 
 

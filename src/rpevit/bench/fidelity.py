@@ -23,10 +23,10 @@ from rpevit.bench.common import (
     fmt,
     md_table,
     new_record,
-    write_outputs,
 )
 from rpevit.bench.workloads import build_attention
 from rpevit.positions import TokenGrid
+from rpevit.registry import CORE_POSITIONS
 
 SETTINGS = {
     "smoke": dict(head_dim=8, heads=2, tokens=16, features=[8, 32, 128], draws=2,
@@ -47,8 +47,6 @@ TEMPERATURES = (1.0, 4.0)
 
 #: ``E|q||k|/sqrt(d)`` of the module study's queries and keys (qkv weights rescaled to it).
 MODULE_RHO = 1.0
-
-POSITIONS = ("ape", "rpe", "string", "rope")
 
 
 def relative_error(approx: Tensor, exact: Tensor) -> float:
@@ -122,7 +120,7 @@ def module_rows(s: dict, seed: int) -> list[dict]:
         c["batch"], grid.num_tokens, c["heads"] * d,
         generator=torch.Generator().manual_seed(seed), dtype=torch.float64,
     )  # fmt: skip
-    for position in POSITIONS:
+    for position in CORE_POSITIONS:
         for qk_norm in (False, True):
             for m in c["features"]:
                 torch.manual_seed(seed)
@@ -204,7 +202,7 @@ def markdown(record: dict) -> str:
     mod_rows = [
         [f"favor-{p} vs softmax-{p}{' (qk_norm)' if n else ''}"]
         + [fmt(mods.get((p, n, m))) for m in mf]
-        for p in POSITIONS for n in (False, True)
+        for p in CORE_POSITIONS for n in (False, True)
     ]  # fmt: skip
     slopes = [[k, fmt(v, 2)] for k, v in record["summary"]["slopes"].items()]
     c = s["module"]
@@ -251,10 +249,3 @@ def plot(record: dict):
     left.set_title("FAVOR+ (functional)")
     right.set_title("Attention modules, shared weights")
     return figure
-
-
-def main(ctx: BenchContext) -> dict:
-    """Run, write ``fidelity.{json,md,png}``, return the record."""
-    record = run(ctx)
-    write_outputs(ctx, "fidelity", record, markdown(record), lambda: plot(record))
-    return record

@@ -22,10 +22,10 @@ from rpevit.bench.common import (
     ratio,
     time_interleaved,
     verdict,
-    write_outputs,
 )
 from rpevit.bench.memory import measure_peak_memory
 from rpevit.bench.workloads import build_step
+from rpevit.registry import PERFORMER_KERNELS
 
 SETTINGS = {
     "smoke": dict(tokens=[16, 64], batch_tokens=64, heads=2, head_dim=8, nb_features=8,
@@ -42,6 +42,9 @@ def other_method(tokens: int) -> str:
     """The Toeplitz path favor-rpe's ``auto`` does NOT take at ``tokens``: timed beside it."""
     return "fft" if tokens < FFT_THRESHOLD else "quadratic"
 
+
+#: Position encodings whose favor variant should cost at most 1.5x favor-ape (the issue's target).
+NEAR_APE_COST = ("string", "rope")
 
 #: favor-rpe memory bound of the issue at N = 16384 (B = 1, 8 heads, d = 32, m = 64).
 MEMORY_BOUND_MIB = 6 * 1024
@@ -156,7 +159,7 @@ def summarise(rows: list[dict], tokens: list[int]) -> dict:
         "ratios": rpe_ratios, "target": "<= 3 at N <= 256",
         "pass": all(r <= 3 for r in small) if small else None,
     }  # fmt: skip
-    for position in ("string", "rope"):
+    for position in NEAR_APE_COST:
         ratios = {
             n: ratio(t.get((f"favor-{position}", n)), t.get(("favor-ape", n))) for n in tokens
         }
@@ -207,7 +210,7 @@ def summarise_frpe(t: dict, mem: dict, tokens: list[int]) -> dict:
     """The linear-cost Fourier RPE's targets: <= 1.5x its kernel's APE time at every N,
     faster than softmax-rpe from N <= 512, peak memory at N = 16384 within 2x favor-ape's."""
     summary = {}
-    for kernel in ("favor", "relu"):
+    for kernel in PERFORMER_KERNELS:
         ratios = {
             n: ratio(t.get((f"{kernel}-frpe", n)), t.get((f"{kernel}-ape", n))) for n in tokens
         }
@@ -290,7 +293,7 @@ def markdown(record: dict) -> str:
     lines.append(
         _ratio_line("favor-rpe / favor-ape at N <= 256", summary["favor_rpe_vs_ape"], 3, 256)
     )
-    for position in ("string", "rope"):
+    for position in NEAR_APE_COST:
         r = summary[f"favor_{position}_vs_ape"]
         lines.append(_ratio_line(f"favor-{position} / favor-ape", r, 1.5))
     g = summary["growth_1024_to_4096"]
@@ -315,7 +318,7 @@ def markdown(record: dict) -> str:
         f"- favor-rpe peak memory at N=16384 (B=1): {fmt(m['peak_mib'])} MiB "
         f"(bound {m['bound_mib']} MiB): {verdict(m['pass'])}"
     )
-    for kernel in ("favor", "relu"):
+    for kernel in PERFORMER_KERNELS:
         r = summary[f"{kernel}_frpe_vs_ape"]
         lines.append(_ratio_line(f"{kernel}-frpe / {kernel}-ape", r, 1.5))
         c = summary[f"{kernel}_frpe_beats_softmax_rpe"]
@@ -370,10 +373,3 @@ def _style(label: str) -> dict:
     if method:
         style.update(color="C4" if method.startswith("q") else "C5", marker="x")
     return style
-
-
-def main(ctx: BenchContext) -> dict:
-    """Run, write ``layer.{json,md,png}``, return the record."""
-    record = run(ctx)
-    write_outputs(ctx, "layer", record, markdown(record), lambda: plot(record))
-    return record

@@ -19,7 +19,6 @@ from rpevit.bench.common import (
     new_record,
     preset_settings,
     time_interleaved,
-    write_outputs,
 )
 from rpevit.bench.memory import measure_peak_memory
 from rpevit.bench.workloads import build_step
@@ -185,10 +184,3 @@ def plot(record: dict):
         figure,
     )
     return figure
-
-
-def main(ctx: BenchContext) -> dict:
-    """Run, write ``scaling.{json,md,png}``, return the record."""
-    record = run(ctx)
-    write_outputs(ctx, "scaling", record, markdown(record), lambda: plot(record))
-    return record

@@ -19,7 +19,7 @@ from pathlib import Path
 import lightning as L
 
 from rpevit.bench.ceiling import matmul_gflops
-from rpevit.bench.common import BenchContext, fmt, md_table, median, new_record, write_outputs
+from rpevit.bench.common import BenchContext, fmt, md_table, median, new_record
 from rpevit.data.datasets import DATA_DIR_ENV
 from rpevit.flops import count_flops
 from rpevit.registry import create_model
@@ -155,10 +155,3 @@ def plot(record: dict):
     axes.set_title("Training throughput (study model, CIFAR-10)")
     axes.legend()
     return figure
-
-
-def main(ctx: BenchContext) -> dict:
-    """Run, write ``training.{json,md,png}``, return the record."""
-    record = run(ctx)
-    write_outputs(ctx, "training", record, markdown(record), lambda: plot(record))
-    return record

@@ -20,7 +20,7 @@ from torch import nn
 
 from rpevit.attention.module import Attention
 from rpevit.positions.base import TokenGrid
-from rpevit.registry import create_model
+from rpevit.registry import PERFORMER_KERNELS, create_model
 
 
 def square_grid(tokens: int) -> tuple[int, int]:
@@ -36,7 +36,7 @@ def kernel_options(variant: str, nb_features: int | None, rpe_method: str | None
     kernel = variant.partition("-")[0]
     options = {
         "nb_features": nb_features if kernel == "favor" else None,
-        "rpe_method": rpe_method if kernel in ("favor", "relu") else None,
+        "rpe_method": rpe_method if kernel in PERFORMER_KERNELS else None,
     }
     return {k: v for k, v in options.items() if v is not None}
 

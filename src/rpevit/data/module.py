@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any
 
@@ -19,6 +20,8 @@ class ImageDataModule(L.LightningDataModule):
     Training batches are augmented on the training device (``trainer.strategy.root_device``)
     and sharded by ``trainer.global_rank`` / ``trainer.world_size``; evaluation batches are
     only normalised. Without a trainer (plain Python use) everything runs on ``device``.
+    ``load_options`` are :func:`load_dataset`'s (``split_seed``, ``max_train_samples``,
+    ``download``, ``image_size``, ...), checked here and applied when the data are read.
     """
 
     def __init__(
@@ -29,26 +32,16 @@ class ImageDataModule(L.LightningDataModule):
         batch_size: int = 128,
         eval_batch_size: int | None = None,
         seed: int = 0,
-        split_seed: int = 42,
         augment: bool = True,
-        max_train_samples: int | None = None,
-        max_val_samples: int | None = None,
-        max_test_samples: int | None = None,
-        download: bool = True,
-        image_size: int | None = None,
-        in_chans: int | None = None,
-        num_workers: int = 0,
-        verify: bool = False,
         device: torch.device | str | None = None,
+        **load_options: Any,
     ) -> None:
         super().__init__()
-        self.dataset_name, self.data_dir = dataset, data_dir
+        inspect.signature(load_dataset).bind(dataset, data_dir, **load_options)
+        self.dataset_name, self.data_dir, self.load_options = dataset, data_dir, load_options
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
-        self.seed, self.split_seed, self.augment = seed, split_seed, augment
-        self.limits = (max_train_samples, max_val_samples, max_test_samples)
-        self.download, self.image_size, self.in_chans = download, image_size, in_chans
-        self.num_workers, self.verify, self.device = num_workers, verify, device
+        self.seed, self.augment, self.device = seed, augment, device
         self.data: ImageDataset | None = None
         self._train_loader: InMemoryLoader | None = None
         self._train_state: dict[str, int] | None = None
@@ -59,19 +52,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.data is None:
-            self.data = load_dataset(
-                self.dataset_name,
-                self.data_dir,
-                split_seed=self.split_seed,
-                max_train_samples=self.limits[0],
-                max_val_samples=self.limits[1],
-                max_test_samples=self.limits[2],
-                download=self.download,
-                image_size=self.image_size,
-                in_chans=self.in_chans,
-                num_workers=self.num_workers,
-                verify=self.verify,
-            )
+            self.data = load_dataset(self.dataset_name, self.data_dir, **self.load_options)
 
     @property
     def spec(self) -> DatasetSpec:

@@ -3,8 +3,9 @@ position embedding, pre-norm blocks whose attention composes a kernel and a posi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -73,9 +74,11 @@ class Block(nn.Module):
 class VisionTransformer(nn.Module):
     """ViT classifier ``images[B, C, H, W] -> logits[B, num_classes]``.
 
-    ``make_kernel`` and ``make_position`` build one kernel and one position encoding per layer.
-    Inputs of another size than ``config.image_size`` (still divisible by the patch size) are
-    accepted: the APE grid is resized bicubically and relative encodings use their own rule.
+    ``make_kernel`` and ``make_position`` build one kernel and one position encoding per layer;
+    ``name`` and ``options`` (kept as ``model_name`` / ``model_options``) are the registry name
+    and options it was built from, which messages and checkpoints refer to. Inputs of another
+    size than ``config.image_size`` (still divisible by the patch size) are accepted: the APE
+    grid is resized bicubically and relative encodings use their own rule.
     """
 
     def __init__(
@@ -83,9 +86,14 @@ class VisionTransformer(nn.Module):
         config: ViTConfig,
         make_kernel: Callable[[], AttentionKernel],
         make_position: Callable[[], PositionEncoding],
+        *,
+        name: str,
+        options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.config = config
+        self.model_name = name
+        self.model_options = dict(options or {})
         grid_h, grid_w = config.grid_size
         self.patch_embed = nn.Conv2d(
             config.in_chans, config.dim, config.patch_size, stride=config.patch_size

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from rpevit.atomic import atomic_write
+from rpevit.registry import PERFORMER_KERNELS, RELATIVE_POSITIONS
 from rpevit.report.runs import Predictions, Run, read_predictions
 from rpevit.report.stats import (
     ALPHA,
@@ -32,13 +33,7 @@ from rpevit.report.stats import (
     percentile_interval,
     sign_flip_p,
 )
-from rpevit.report.tables import (
-    GAP_EPS,
-    NA,
-    PERFORMER_KERNELS,
-    RELATIVE_POSITIONS,
-    markdown_table,
-)
+from rpevit.report.tables import GAP_EPS, NA, markdown_table
 
 #: How to read the statistics section (printed below its tables).
 METHODS = (

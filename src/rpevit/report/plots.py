@@ -18,11 +18,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from rpevit.atomic import atomic_write
+from rpevit.registry import CORE_KERNELS, CORE_POSITIONS
 from rpevit.report.runs import Run
 from rpevit.report.tables import model_order
 
-CORE_KERNELS = ("softmax", "favor", "relu")
-CORE_POSITIONS = ("ape", "rpe", "string", "rope")
 LINE_STYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v", "P")
 DPI = 150

@@ -21,14 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from rpevit.atomic import atomic_write
-from rpevit.registry import list_available_models
+from rpevit.registry import PERFORMER_KERNELS, RELATIVE_POSITIONS, list_available_models
 from rpevit.report.runs import Run
 from rpevit.report.stats import mean_std, t_interval
 
 #: Denominators of "gap closed" smaller than this (in accuracy, a fraction) count as zero.
 GAP_EPS = 1e-6
-PERFORMER_KERNELS = ("favor", "relu")
-RELATIVE_POSITIONS = ("rpe", "string", "rope", "frpe")
 NA = "n/a"
 
 
