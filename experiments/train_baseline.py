@@ -48,8 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, rest = parse_args(argv)
     from rpevit.cli import build_parser
     from rpevit.cli import main as rpevit_main
+    from rpevit.report.plots import plot_run_curves
+    from rpevit.runs import RunDir
     from rpevit.training import config_from_args
-    from rpevit.training.curves import plot_curves
 
     train_argv = ["train", "--model", args.model, "--dataset", args.dataset, *rest]
     if args.epochs is not None:
@@ -59,13 +60,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     parsed = build_parser().parse_args(train_argv)
     run_dir = Path(parsed.resume) if isinstance(parsed.resume, str) else None
-    run_dir = run_dir or config_from_args(parsed).run_dir
+    run = RunDir(run_dir or config_from_args(parsed).run_dir)
     if args.save_model:
-        print(f"model: {run_dir / 'checkpoints' / 'best.ckpt'} (and last.ckpt)")
+        print(f"model: {run.best} (and {run.last.name})")
     if args.save_metrics:
-        print(f"metrics: {run_dir / 'metrics.json'}")
+        print(f"metrics: {run.metrics_file}")
     if args.plot:
-        for path in plot_curves(run_dir):
+        for path in plot_run_curves(run.path):
             print(f"plot: {path}")
     return 0
 

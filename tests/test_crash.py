@@ -53,12 +53,12 @@ if mode == "kill-in-checkpoint-write":
 
     torch.save = save
 elif mode == "kill-in-evaluation":
-    from rpevit.training import run
+    from rpevit.training import evaluation
 
     def predict(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
 
-    run.predict = predict
+    evaluation.predict = predict
 sys.exit(main(argv))
 """
 

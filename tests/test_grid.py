@@ -22,8 +22,7 @@ from rpevit.experiments import (
 )
 from rpevit.registry import CORE_MODELS
 from rpevit.report import build_report
-from rpevit.training import TrainConfig, train
-from rpevit.training.run import load_checkpoint
+from rpevit.training import TrainConfig, load_checkpoint, train
 
 
 class FakeTrain:

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from rpevit.atomic import write_json_atomic
 from rpevit.metrics import (
     classification_metrics,
     count_parameters,
@@ -15,7 +16,6 @@ from rpevit.metrics import (
     information_criteria,
     log_likelihood,
     peak_memory_mb,
-    write_json_atomic,
 )
 
 

@@ -28,7 +28,9 @@ from rpevit.report.stats import (
     sign_flip_p,
     t_interval,
 )
-from rpevit.training.run import PREDICTIONS, evaluate, train, write_predictions
+from rpevit.runs import PREDICTIONS
+from rpevit.training import evaluate, train
+from rpevit.training.evaluation import write_predictions
 
 # Student t quantiles 0.975 in closed form: 2 degrees of freedom, F(t) = 1/2 + t / (2 sqrt(2 +
 # t^2)), so t^2 = 2 * 0.95^2 / (1 - 0.95^2); 1 degree of freedom (Cauchy), t = tan(0.475 pi)

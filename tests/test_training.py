@@ -340,7 +340,7 @@ def test_train_baseline_script_trains_and_plots(tmp_path, capsys):
 
 
 def test_training_curves_prefer_the_resumed_start(tmp_path):
-    from rpevit.training.curves import read_curves
+    from rpevit.runs import RunDir
 
     for version, rows in (
         (0, "epoch,step,train/loss_step,val/acc\n0,1,2.0,\n0,2,1.5,\n0,2,,0.3\n"),
@@ -349,7 +349,7 @@ def test_training_curves_prefer_the_resumed_start(tmp_path):
         folder = tmp_path / "logs" / "csv" / f"version_{version}"
         folder.mkdir(parents=True)
         (folder / "metrics.csv").write_text(rows)
-    curves = read_curves(tmp_path)
+    curves = RunDir(tmp_path).curves()
     assert curves["train/loss_step"] == {1: 2.0, 2: 1.4, 3: 1.2}
     assert curves["val/acc"] == {2: 0.3}
 

@@ -14,8 +14,13 @@ from test_hostile import fails, fake_checkpoint
 
 from rpevit.cli import main
 from rpevit.data import load_dataset
-from rpevit.training import ImageClassifier, load_checkpoint, train
-from rpevit.training.run import resize_images, resolution_transfer
+from rpevit.training import (
+    ImageClassifier,
+    load_checkpoint,
+    resize_images,
+    resolution_transfer,
+    train,
+)
 
 SIZES = dict(patch_size=7, dim=32, depth=1, heads=2, mlp_dim=64)
 

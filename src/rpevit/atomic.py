@@ -3,17 +3,20 @@
 A reader (or a resumed run) sees either the previous complete file or the new complete one,
 never a truncated file, whatever kills the writer (SIGKILL, power loss after the fsync, a
 full disk). Write errors become :class:`~rpevit.errors.OutputError` with a one-line cause.
+:func:`write_json_atomic` writes results (``metrics.json``, summaries) that way.
 """
 
 from __future__ import annotations
 
 import errno
+import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from rpevit.errors import OutputError
 
@@ -81,3 +84,28 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON: tensors/numpy values to numbers or lists, paths to str, NaN/inf to None."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "tolist") and callable(value.tolist):  # tensors, numpy arrays/scalars
+        return _jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
+    """Write ``data`` as indented JSON with :func:`atomic_write`, so readers see either the
+    old file or the complete new one (a full disk raises ``OutputError``)."""
+    path = Path(path)
+    text = json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n"
+    with atomic_write(path, "w") as f:
+        f.write(text)
+    return path

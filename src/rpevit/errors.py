@@ -41,3 +41,9 @@ class TrainingInterrupted(RpevitError):
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.signum = signum
+
+
+def one_line(error: BaseException) -> str:
+    """``Type: first line of the message``: a cause short enough to quote in another error."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"

@@ -3,13 +3,11 @@
 Classification scores use ``torchmetrics`` (so their conventions, e.g. how macro averages
 treat classes absent from both predictions and targets, are torchmetrics'); the
 statistical fit (log-likelihood, AIC, BIC), parameter counts, latency, peak memory and
-environment facts are computed here. :func:`write_json_atomic` writes results so that a
-crash never leaves a half-written ``metrics.json``.
+environment facts are computed here.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -28,8 +26,6 @@ from torchmetrics.functional.classification import (
     multiclass_precision,
     multiclass_recall,
 )
-
-from rpevit.atomic import atomic_write
 
 
 def log_likelihood(logits: torch.Tensor, targets: torch.Tensor) -> float:
@@ -210,30 +206,3 @@ def environment_info() -> dict[str, Any]:
             "cuda": torch.version.cuda,
         },
     }
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain JSON: tensors/numpy scalars to numbers or lists, paths to str, NaN/inf to None."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return _jsonable(value.tolist())
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        return _jsonable(value.item())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
-    """Write ``data`` as indented JSON with :func:`rpevit.atomic.atomic_write`, so readers see
-    either the old file or the complete new one (a full disk raises ``OutputError``)."""
-    path = Path(path)
-    text = json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n"
-    with atomic_write(path, "w") as f:
-        f.write(text)
-    return path

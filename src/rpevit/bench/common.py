@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from rpevit.atomic import atomic_write
-from rpevit.metrics import git_commit, write_json_atomic
+from rpevit.atomic import atomic_write, write_json_atomic
+from rpevit.metrics import git_commit
 from rpevit.registry import STUDY_MODELS
 
 #: The study's variants (the 12 core ones and each kernel's linear-cost Fourier RPE) by kernel,

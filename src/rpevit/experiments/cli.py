@@ -12,13 +12,8 @@ import sys
 from typing import Any
 
 from rpevit.errors import ConfigError, TrainingInterrupted
-from rpevit.experiments.grid import (
-    default_jobs,
-    parse_shard,
-    plan_grid,
-    run_grid,
-    run_grid_parallel,
-)
+from rpevit.experiments.grid import default_jobs, run_grid, run_grid_parallel
+from rpevit.experiments.plan import parse_shard, plan_grid
 from rpevit.registry import CORE_MODELS, STUDY_MODELS, list_available_models
 from rpevit.training.cli import add_train_arguments, config_from_args
 

@@ -1,223 +1,46 @@
-"""Train and evaluate a grid of model variants x seeds, resumably and shardably.
+"""Train and evaluate a grid of model variants x seeds (:mod:`rpevit.experiments.plan`),
+resumably and shardably.
 
-A grid lives in one folder, one run folder per (model, seed) and, in a random-feature
-ablation (``nb_features=(16, 32, ...)``), per feature count m of the models that have one::
-
-    <out>/<model>/seed<seed>/        a training run (config.json, checkpoints/, logs/, metrics.json)
-    <out>/<model>/m<m>/seed<seed>/   the same with m features per head
-    <out>/grid_summary.json          status of every run (grid_summary.shard-I-of-N.json per shard)
-
-``init_from`` names one run or checkpoint for every run, or a grid folder of softmax runs: then
-run ``<kernel>-<position>`` with seed ``s`` starts from ``<init_from>/softmax-<position>/seed<s>``
-(train softmax first, then switch attention).
-
-Re-running the same command skips finished runs (valid ``metrics.json``), resumes interrupted
-ones from ``checkpoints/last.ckpt`` and starts the rest, so a crashed grid continues where it
-stopped. ``shard=(i, n)`` takes every n-th run of the sorted run list, starting at the i-th
-(1-based), so the n shards of a job array partition the grid exactly; ``run_grid_parallel``
-runs such shards in worker processes on one machine.
+Besides the run folders, a grid folder holds ``grid_summary.json``: the status of every run
+(one ``grid_summary.shard-I-of-N.json`` per shard). Re-running the same command skips finished
+runs (valid metrics), resumes interrupted ones from their last checkpoint and starts the rest,
+so a crashed grid continues where it stopped. ``run_grid_parallel`` runs the shards in worker
+processes on one machine.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import multiprocessing
 import os
 import time
 import traceback
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from rpevit.atomic import write_json_atomic
 from rpevit.errors import ConfigError, TrainingInterrupted
-from rpevit.metrics import write_json_atomic
-from rpevit.registry import (
-    BACKBONE_OPTIONS,
-    CORE_MODELS,
-    KERNELS,
-    POSITIONS,
-    list_available_models,
-    parse_model_name,
+from rpevit.experiments.plan import (
+    GridRun,
+    options_for,
+    plan_grid,
+    run_config,
+    run_folder,
+    shard_runs,
 )
+from rpevit.registry import CORE_MODELS
+from rpevit.runs import RunDir, RunState, summary_path
 from rpevit.training import TrainConfig, resolve_config, train
-from rpevit.training.config import RUN_IDENTITY
-from rpevit.training.run import CHECKPOINT_DIR, LAST
-
-#: Config fields that must agree between an existing run folder and the grid's config: the run
-#: identity, the training length and the initial weights (a finished shorter run, or one
-#: trained from scratch, is not the requested result).
-GRID_IDENTITY = (*RUN_IDENTITY, "epochs", "min_steps", "max_steps", "init_from")
-
-
-@dataclass(frozen=True)
-class GridRun:
-    """One cell of the grid: a model variant trained with one seed (and, in a random-feature
-    ablation, ``nb_features`` features per head; None: the model's default)."""
-
-    model: str
-    seed: int
-    nb_features: int | None = None
-
-    @property
-    def folder(self) -> Path:
-        """``<model>`` or ``<model>/m<m>``: where the run's seeds live below the grid folder."""
-        return Path(self.model) / (f"m{self.nb_features}" if self.nb_features else "")
-
-    @property
-    def name(self) -> str:
-        return f"{self.folder.as_posix()}/seed{self.seed}"
-
-    def __lt__(self, other: GridRun) -> bool:
-        """Order by model, feature count (default first), seed."""
-        return (self.model, self.nb_features or 0, self.seed) < (
-            other.model,
-            other.nb_features or 0,
-            other.seed,
-        )
-
-
-def takes_feature_count(model: str, options: Mapping[str, Any]) -> bool:
-    """Whether ``model``'s kernel has a feature count to vary: FAVOR+, learnable, and ReLU with
-    a learned projection (identity ReLU has m = head_dim, EXP m = d; softmax, Linformer none)."""
-    kernel, _ = parse_model_name(model)
-    if kernel == "relu":
-        return options.get("feature_projection") == "learned"
-    return "nb_features" in KERNELS[kernel][1]
-
-
-def plan_grid(
-    models: Sequence[str],
-    seeds: Sequence[int],
-    nb_features: Sequence[int] = (),
-    options: Mapping[str, Any] | None = None,
-) -> list[GridRun]:
-    """Every (model, seed) pair, and for models with a feature count every m of
-    ``nb_features``, sorted, without duplicates; unknown models raise ConfigError."""
-    available = list_available_models()
-    unknown = [m for m in models if m not in available]
-    if unknown:
-        raise ConfigError(
-            f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(available)}"
-        )
-    if not models or not seeds:
-        raise ConfigError("a grid needs at least one model and one seed")
-    bad = [m for m in nb_features if m < 1]
-    if bad:
-        raise ConfigError(f"feature counts must be >= 1, got {', '.join(map(str, bad))}")
-    options = options or {}
-    if nb_features and not any(takes_feature_count(m, options) for m in models):
-        raise ConfigError(
-            "--nb-features applies to none of the models; a feature-count ablation needs "
-            "favor-*, learnable-* or relu-* with --option feature_projection=learned"
-        )
-    runs = {
-        GridRun(model, int(seed), m)
-        for model in models
-        for seed in seeds
-        for m in (nb_features if nb_features and takes_feature_count(model, options) else [None])
-    }
-    return sorted(runs)
-
-
-def shard_runs(runs: Sequence[GridRun], index: int, count: int) -> list[GridRun]:
-    """The ``index``-th (1-based) of ``count`` round-robin slices of the sorted run list."""
-    if not 1 <= index <= count:
-        raise ConfigError(f"shard {index}/{count}: need 1 <= I <= N")
-    return sorted(runs)[index - 1 :: count]
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"I/N"`` (1-based, e.g. ``2/4``) -> ``(I, N)``."""
-    index, sep, count = text.partition("/")
-    try:
-        shard = int(index), int(count)
-    except ValueError:
-        shard = None
-    if not sep or shard is None or not 1 <= shard[0] <= shard[1]:
-        raise ConfigError(f"--shard expects I/N with 1 <= I <= N (e.g. 1/4), got {text!r}")
-    return shard
-
-
-def run_folder(out: Path, run: GridRun) -> Path:
-    """``<out>/<model>/seed<seed>`` (``<out>/<model>/m<m>/seed<seed>`` in an ablation)."""
-    return out / run.folder / f"seed{run.seed}"
-
-
-def is_grid_folder(path: str | Path) -> bool:
-    """A grid's folder (has a grid summary) rather than one run or checkpoint."""
-    return Path(path).is_dir() and any(Path(path).glob("grid_summary*.json"))
-
-
-def init_source(init_from: str | None, run: GridRun) -> str | None:
-    """Where ``run`` takes its initial weights: ``init_from`` itself, or for a grid folder its
-    softmax run with the same position encoding and seed."""
-    if not init_from or not is_grid_folder(init_from):
-        return init_from
-    _, position = parse_model_name(run.model)
-    source = Path(init_from) / f"softmax-{position}" / f"seed{run.seed}"
-    if read_metrics(source) is None:
-        raise ConfigError(
-            f"--init-from {init_from} is a grid folder without a finished softmax-{position} "
-            f"run for seed {run.seed} (looked for {source}); train it first, e.g. `rpevit grid "
-            f"--models softmax-{position} --seeds {run.seed} --out {init_from}`"
-        )
-    return str(source)
-
-
-def options_for(model: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """The model options that apply to ``model`` (e.g. ``rope_mode`` only to RoPE variants,
-    ``nb_features`` only to linear kernels), so one set of options can serve a whole grid."""
-    kernel, position = parse_model_name(model)
-    keys = {*BACKBONE_OPTIONS, *KERNELS[kernel][1], *POSITIONS[position][1]}
-    return {key: value for key, value in options.items() if key in keys}
-
-
-def run_config(base: TrainConfig, run: GridRun, out: Path) -> TrainConfig:
-    """The training config of one run: ``base`` with the run's model, seed, folder, initial
-    weights, feature count and the model options that apply to it."""
-    options = options_for(run.model, base.model_options)
-    if run.nb_features:
-        options["nb_features"] = run.nb_features
-    return dataclasses.replace(
-        base,
-        model=run.model,
-        seed=run.seed,
-        out=str(out / run.folder),
-        run_name=f"seed{run.seed}",
-        resume=None,
-        init_from=init_source(base.init_from, run),
-        model_options=options,
-    )
-
-
-def read_metrics(run_dir: Path, run: GridRun | None = None) -> dict[str, Any] | None:
-    """The run's ``metrics.json`` if it is a complete result (of ``run``, if given), else None."""
-    try:
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(metrics, dict) or not isinstance(metrics.get("test_accuracy"), float):
-        return None
-    if run is not None and (metrics.get("model"), metrics.get("seed")) != (run.model, run.seed):
-        return None
-    return metrics
-
-
-def _stored_config(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        stored = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return stored if isinstance(stored, dict) else None
+from rpevit.training.config import GRID_IDENTITY
 
 
 def config_mismatch(run_dir: Path, config: TrainConfig) -> list[str]:
     """Grid-identity fields in which an existing run folder differs from ``config``."""
-    stored = _stored_config(run_dir)
+    stored = RunDir(run_dir).read_config()
     if stored is None:
         return []
     if stored.get("requested_epochs") is not None:  # compare the request, not what
@@ -230,13 +53,9 @@ def config_mismatch(run_dir: Path, config: TrainConfig) -> list[str]:
     ]
 
 
-def run_state(run_dir: Path, run: GridRun) -> str:
-    """``finished`` (valid metrics), ``partial`` (has last.ckpt) or ``pending``."""
-    if read_metrics(run_dir, run) is not None:
-        return "finished"
-    if (run_dir / CHECKPOINT_DIR / LAST).is_file():
-        return "partial"
-    return "pending"
+def run_state(run_dir: Path, run: GridRun) -> RunState:
+    """``finished`` (valid metrics of ``run``), ``partial`` (has last.ckpt) or ``pending``."""
+    return RunDir(run_dir).state(run.model, run.seed)
 
 
 def _duration(seconds: float) -> str:
@@ -249,11 +68,111 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def summary_path(out: Path, shard: tuple[int, int] | None) -> Path:
-    """``grid_summary.json``, or one file per shard so parallel shards never overwrite."""
-    if shard is None:
-        return out / "grid_summary.json"
-    return out / f"grid_summary.shard-{shard[0]}-of-{shard[1]}.json"
+def _counts(records: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record["status"]] = counts.get(record["status"], 0) + 1
+    return counts
+
+
+@dataclass
+class GridSummary:
+    """The state of every run of a grid (shard), saved atomically to ``path`` on each change."""
+
+    path: Path
+    #: the grid's settings: dataset, preset, out, models, seeds, ..., ``started``
+    header: dict[str, Any]
+    records: dict[GridRun, dict[str, Any]]
+    start: float = field(default_factory=time.perf_counter)
+    #: wall time of every run trained so far, for the estimate of the time left
+    trained_seconds: list[float] = field(default_factory=list)
+
+    def elapsed(self) -> str:
+        return _duration(time.perf_counter() - self.start)
+
+    def time_left(self, remaining: int) -> str:
+        """``, ~<time> left`` for ``remaining`` runs at the mean time per run so far."""
+        if not self.trained_seconds:
+            return ""
+        mean = sum(self.trained_seconds) / len(self.trained_seconds)
+        return f", ~{_duration(remaining * mean)} left"
+
+    def update(self, run: GridRun, **fields: Any) -> None:
+        """Record new facts about ``run`` and save."""
+        self.records[run].update(fields)
+        self.save()
+
+    def save(self) -> dict[str, Any]:
+        """Write the summary (header, timings, every run, counts per status); return it."""
+        runs = list(self.records.values())
+        summary = {
+            **self.header,
+            "updated": _now(),
+            "elapsed_seconds": time.perf_counter() - self.start,
+            "runs": runs,
+            "counts": _counts(runs),
+        }
+        write_json_atomic(self.path, summary)
+        return summary
+
+
+def run_one(
+    cfg: TrainConfig, run: GridRun, summary: GridSummary, head: str, remaining: int
+) -> None:
+    """Skip, resume or train one run of the grid (``remaining`` runs left, this one included),
+    recording the outcome in ``summary``; a failed run is recorded and returns, an
+    interrupted one (signal, Ctrl+C) re-raises."""
+    state = "pending" if cfg.overwrite else run_state(cfg.run_dir, run)
+    if state == "finished":
+        metrics = RunDir(cfg.run_dir).read_metrics(run.model, run.seed)
+        assert metrics is not None
+        summary.records[run].update(
+            status="finished",
+            test_accuracy=metrics.test_accuracy,
+            val_accuracy=metrics.val_accuracy,
+        )
+        print(f"{head}: already finished (test acc {metrics.test_accuracy:.4f}), skipped")
+        return
+    if state == "partial":
+        cfg = dataclasses.replace(cfg, resume=True)
+    elif cfg.run_dir.exists():  # checkpoints without last.ckpt: nothing to resume from
+        cfg = dataclasses.replace(cfg, overwrite=True)
+    print(
+        f"{head}: {'resuming' if state == 'partial' else 'training'} "
+        f"(elapsed {summary.elapsed()}{summary.time_left(remaining)})",
+        flush=True,
+    )
+    summary.update(run, status="running", started=_now())
+    run_start = time.perf_counter()
+    try:
+        metrics = train(cfg)
+    except TrainingInterrupted:  # SIGINT/SIGTERM: a resumable checkpoint was saved
+        summary.update(run, status="interrupted")
+        raise
+    except Exception as error:  # one failed run must not stop the grid
+        traceback.print_exc()
+        summary.records[run].update(status="failed", error=f"{type(error).__name__}: {error}")
+        print(f"{head}: FAILED ({type(error).__name__}: {error})", flush=True)
+        summary.save()
+        return
+    except BaseException:  # Ctrl+C, SystemExit: stop, leaving a resumable run behind
+        summary.update(run, status="interrupted")
+        raise
+    seconds = time.perf_counter() - run_start
+    summary.trained_seconds.append(seconds)
+    summary.records[run].update(
+        status="finished",
+        resumed=state == "partial",
+        seconds=seconds,
+        test_accuracy=metrics.get("test_accuracy"),
+        val_accuracy=metrics.get("val_accuracy"),
+    )
+    print(
+        f"{head}: done in {_duration(seconds)}, test acc {metrics['test_accuracy']:.4f}, "
+        f"val acc {metrics['val_accuracy']:.4f} (elapsed {summary.elapsed()})",
+        flush=True,
+    )
+    summary.save()
 
 
 def run_grid(
@@ -273,7 +192,7 @@ def run_grid(
     every selected run from scratch. Finished runs are skipped, interrupted ones resumed.
     A run that fails is recorded and the grid goes on; an interrupted one
     (signal, Ctrl+C) stops the grid. Returns the summary also written to
-    :func:`summary_path` (atomically, after every run).
+    :func:`~rpevit.runs.summary_path` (atomically, after every run).
     """
     base = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     models = list(models) if models else list(CORE_MODELS)
@@ -301,7 +220,6 @@ def run_grid(
             "choose another --out, or pass --overwrite to retrain them"
         )
 
-    start = time.perf_counter()
     records = {
         run: {
             "model": run.model,
@@ -313,7 +231,7 @@ def run_grid(
         }
         for run in runs
     }
-    summary: dict[str, Any] = {
+    header = {
         "dataset": base.dataset,
         "preset": base.preset,
         "out": str(out),
@@ -326,91 +244,20 @@ def run_grid(
             k: v for k, v in base.to_dict().items() if k not in ("model", "seed", "run_name")
         },
     }
-
-    def save() -> None:
-        summary["updated"] = _now()
-        summary["elapsed_seconds"] = time.perf_counter() - start
-        summary["runs"] = [records[run] for run in runs]
-        counts: dict[str, int] = {}
-        for record in summary["runs"]:
-            counts[record["status"]] = counts.get(record["status"], 0) + 1
-        summary["counts"] = counts
-        write_json_atomic(summary_path(out, shard), summary)
-
+    summary = GridSummary(summary_path(out, shard), header, records)
     shard_note = f" (shard {shard[0]}/{shard[1]} of {len(runs)} runs)" if shard else ""
     print(f"grid {out}: {len(selected)} runs{shard_note}, {base.dataset}, preset {base.preset}")
-    trained_seconds: list[float] = []
     for k, run in enumerate(selected, 1):
-        cfg, record = configs[run], records[run]
         head = f"[{k}/{len(selected)}] {run.name}"
-        state = "pending" if cfg.overwrite else run_state(cfg.run_dir, run)
-        if state == "finished":
-            metrics = read_metrics(cfg.run_dir, run) or {}
-            record.update(
-                status="finished",
-                test_accuracy=metrics["test_accuracy"],
-                val_accuracy=metrics.get("val_accuracy"),
-            )
-            print(f"{head}: already finished (test acc {metrics['test_accuracy']:.4f}), skipped")
-            continue
-        if state == "partial":
-            cfg = dataclasses.replace(cfg, resume=True)
-        elif cfg.run_dir.exists():  # checkpoints without last.ckpt: nothing to resume from
-            cfg = dataclasses.replace(cfg, overwrite=True)
-        remaining = len(selected) - k + 1
-        eta = (
-            f", ~{_duration(remaining * sum(trained_seconds) / len(trained_seconds))} left"
-            if trained_seconds
-            else ""
-        )
-        print(
-            f"{head}: {'resuming' if state == 'partial' else 'training'} "
-            f"(elapsed {_duration(time.perf_counter() - start)}{eta})",
-            flush=True,
-        )
-        record.update(status="running", started=_now())
-        save()
-        run_start = time.perf_counter()
-        try:
-            metrics = train(cfg)
-        except TrainingInterrupted:  # SIGINT/SIGTERM: a resumable checkpoint was saved
-            record.update(status="interrupted")
-            save()
-            raise
-        except Exception as error:  # one failed run must not stop the grid
-            traceback.print_exc()
-            record.update(status="failed", error=f"{type(error).__name__}: {error}")
-            print(f"{head}: FAILED ({type(error).__name__}: {error})", flush=True)
-            save()
-            continue
-        except BaseException:  # Ctrl+C, SystemExit: stop, leaving a resumable run behind
-            record.update(status="interrupted")
-            save()
-            raise
-        seconds = time.perf_counter() - run_start
-        trained_seconds.append(seconds)
-        record.update(
-            status="finished",
-            resumed=state == "partial",
-            seconds=seconds,
-            test_accuracy=metrics.get("test_accuracy"),
-            val_accuracy=metrics.get("val_accuracy"),
-        )
-        print(
-            f"{head}: done in {_duration(seconds)}, test acc {metrics['test_accuracy']:.4f}, "
-            f"val acc {metrics['val_accuracy']:.4f} "
-            f"(elapsed {_duration(time.perf_counter() - start)})",
-            flush=True,
-        )
-        save()
-    save()
-    counts = summary["counts"]
+        run_one(configs[run], run, summary, head, remaining=len(selected) - k + 1)
+    final = summary.save()
+    counts = final["counts"]
     print(
         f"grid {out}: {counts.get('finished', 0)}/{len(runs)} runs finished"
         + (f", {counts['failed']} failed" if counts.get("failed") else "")
-        + f"; summary in {summary_path(out, shard)}"
+        + f"; summary in {summary.path}"
     )
-    return summary
+    return final
 
 
 def default_jobs(config: TrainConfig, runs: int) -> int:
@@ -459,10 +306,7 @@ def run_grid_parallel(
         (r for s in shards for r in s["runs"] if r["selected"]),
         key=lambda r: (r["model"], r["nb_features"] or 0, r["seed"]),
     )
-    counts: dict[str, int] = {}
-    for record in runs:
-        counts[record["status"]] = counts.get(record["status"], 0) + 1
-    merged = {**shards[0], "shard": None, "jobs": jobs, "runs": runs, "counts": counts}
+    merged = {**shards[0], "shard": None, "jobs": jobs, "runs": runs, "counts": _counts(runs)}
     merged["elapsed_seconds"] = max(s["elapsed_seconds"] for s in shards)
     write_json_atomic(summary_path(out, None), merged)
     return merged

@@ -9,11 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from rpevit.atomic import atomic_write
+from rpevit.atomic import atomic_write, write_json_atomic
 from rpevit.data import load_dataset
 from rpevit.data.augment import normalize
 from rpevit.errors import RpevitError
-from rpevit.metrics import write_json_atomic
 from rpevit.report.attention import cls_attention_map
 from rpevit.report.paired import (
     comparisons,
@@ -39,8 +38,9 @@ from rpevit.report.tables import (
     transfer_table,
     write_csv,
 )
-from rpevit.training.module import ImageClassifier
-from rpevit.training.run import PREDICTIONS, find_checkpoint, load_checkpoint
+from rpevit.runs import PREDICTIONS, RunDir
+from rpevit.training.checkpointing import find_checkpoint
+from rpevit.training.inference import load_model
 
 
 def _test_image(run: Run, data_dir: str | Path | None, index: int) -> tuple[Any, Any, int]:
@@ -72,10 +72,8 @@ def attention_maps(
         if run.model in maps or run.variant != run.model:
             continue
         try:
-            checkpoint = load_checkpoint(find_checkpoint(run.path))
-            module = ImageClassifier(**checkpoint["hyper_parameters"])
-            module.load_state_dict(checkpoint["state_dict"])
-            maps[run.model] = cls_attention_map(module.model, image).mean(dim=0).numpy()
+            model, _ = load_model(find_checkpoint(run.path))
+            maps[run.model] = cls_attention_map(model, image).mean(dim=0).numpy()
         except (RpevitError, TypeError, ValueError, RuntimeError, KeyError) as error:
             maps[run.model] = "n/a: " + str(error).split(";")[0][:80]
             notes.append(f"attention map of {run.model} skipped: {error}")
@@ -112,7 +110,8 @@ def build_report(
     transfer = transfer_table(runs)
     paired, intervals = comparisons(rows, runs), gap_closed_intervals(runs)
     statistics: list[str] = []
-    if any(row["runs"] > 1 for row in rows) or any((r.path / PREDICTIONS).is_file() for r in runs):
+    has_predictions = any(RunDir(r.path).predictions_file.is_file() for r in runs)
+    if any(row["runs"] > 1 for row in rows) or has_predictions:
         statistics = statistics_markdown(rows, paired, intervals)
     else:
         notes.append(

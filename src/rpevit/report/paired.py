@@ -106,7 +106,8 @@ class _Runs:
 
 
 def _metric(runs: dict[int, Run], key: str) -> dict[int, float]:
-    return {s: float(r.metrics[key]) for s, r in runs.items() if r.metrics.get(key) is not None}
+    values = {s: getattr(r.metrics, key) for s, r in runs.items()}
+    return {s: float(v) for s, v in values.items() if v is not None}
 
 
 def _compare(data: _Runs, variant: str, reference: str, kind: str) -> dict[str, Any]:
@@ -206,7 +207,7 @@ def _gap_interval(data: _Runs, kernel: str, position: str) -> dict[str, Any]:
     if not seeds:
         record["note"] = f"no seed common to {target}, {base} and {reference}"
         return record
-    acc = {v: np.mean([by_seed[v][s].metrics["test_accuracy"] for s in seeds]) for v in by_seed}
+    acc = {v: np.mean([by_seed[v][s].metrics.test_accuracy for s in seeds]) for v in by_seed}
     gap = acc[reference] - acc[base]
     if gap < GAP_EPS:
         record["note"] = f"{base} is not behind {reference}: no gap to close"

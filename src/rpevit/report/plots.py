@@ -18,9 +18,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from rpevit.atomic import atomic_write
+from rpevit.errors import DataNotFoundError
 from rpevit.registry import CORE_KERNELS, CORE_POSITIONS
 from rpevit.report.runs import Run
 from rpevit.report.tables import model_order
+from rpevit.runs import CSV_LOGS, RunDir
 
 LINE_STYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v", "P")
@@ -54,10 +56,10 @@ def _style(model: str, models: Sequence[str], plain: bool = True) -> dict[str, A
     return style
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def _save(fig: Figure, path: Path, dpi: int = DPI) -> Path:
     FigureCanvasAgg(fig)
     with atomic_write(path) as f:
-        fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight")
+        fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight")
     return path
 
 
@@ -97,6 +99,54 @@ def plot_curves(runs: Sequence[Run], path: Path) -> Path | None:
     seeds = max(len(v) for v in by_model.values())
     fig.suptitle("Validation curves" + (" (mean over seeds)" if seeds > 1 else ""))
     return _save(fig, path)
+
+
+#: One run's figures: (file name, title, y label, [(CSV column, legend label)]).
+RUN_FIGURES = (
+    (
+        "loss.png",
+        "Loss",
+        "cross-entropy",
+        [
+            ("train/loss_step", "train (step)"),
+            ("train/loss_epoch", "train (epoch mean)"),
+            ("val/loss", "validation"),
+        ],
+    ),
+    (
+        "accuracy.png",
+        "Accuracy",
+        "top-1 accuracy",
+        [("train/acc", "train (epoch)"), ("val/acc", "validation")],
+    ),
+)
+
+
+def plot_run_curves(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
+    """One run's loss and accuracy curves (x: optimizer step) from its CSV logs, written to
+    ``out`` (default ``<run>/plots/``); return the files written."""
+    run = RunDir(Path(run_dir))
+    if not run.csv_logs():
+        raise DataNotFoundError(
+            f"no CSV logs in {run.logs_dir / CSV_LOGS}: is {run_dir} a training run folder?"
+        )
+    curves = run.curves(by="step")
+    out = Path(out) if out is not None else run.path / "plots"
+    written = []
+    for name, title, ylabel, series in RUN_FIGURES:
+        fig = Figure(figsize=(6, 4))
+        ax = fig.subplots()
+        for key, label in series:
+            points = sorted(curves.get(key, {}).items())
+            if points:
+                style = "-" if key.endswith("_step") else "o-"
+                ax.plot(*zip(*points, strict=True), style, label=label, markersize=3)
+        ax.set(title=f"{title}: {run.path.name}", xlabel="optimizer step", ylabel=ylabel)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
+        written.append(_save(fig, out / name, dpi=120))
+    return written
 
 
 def plot_tradeoff(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:

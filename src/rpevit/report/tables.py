@@ -24,6 +24,7 @@ from rpevit.atomic import atomic_write
 from rpevit.registry import PERFORMER_KERNELS, RELATIVE_POSITIONS, list_available_models
 from rpevit.report.runs import Run
 from rpevit.report.stats import mean_std, t_interval
+from rpevit.runs import Metrics
 
 #: Denominators of "gap closed" smaller than this (in accuracy, a fraction) count as zero.
 GAP_EPS = 1e-6
@@ -36,13 +37,13 @@ class Metric:
 
     key: str
     label: str
-    read: Callable[[dict[str, Any]], Any]
+    read: Callable[[Metrics], Any]
     fmt: Callable[[float], str]
     table: str  # "quality" or "cost": which Markdown table shows it
 
 
-def _get(key: str) -> Callable[[dict[str, Any]], Any]:
-    return lambda metrics: metrics.get(key)
+def _get(key: str) -> Callable[[Metrics], Any]:
+    return lambda metrics: getattr(metrics, key)
 
 
 def _pct(x: float) -> str:
@@ -62,7 +63,7 @@ METRICS: tuple[Metric, ...] = (
     Metric(
         "params",
         "params",
-        lambda m: (m.get("params") or {}).get("trainable"),
+        lambda m: (m.params or {}).get("trainable"),
         lambda x: f"{x:,.0f}",
         "cost",
     ),
@@ -158,7 +159,7 @@ def summarise(runs: Sequence[Run]) -> list[dict[str, Any]]:
             row[f"{metric.key}_mean"], row[f"{metric.key}_std"] = mean_std(
                 metric.read(run.metrics) for run in group
             )
-        interval = t_interval([run.metrics["test_accuracy"] for run in group])
+        interval = t_interval([run.metrics.test_accuracy for run in group])
         row["test_accuracy_ci"] = None if interval is None else [interval[1], interval[2]]
         rows.append(row)
     acc = {row["variant"]: row["test_accuracy_mean"] for row in rows}

@@ -3,6 +3,8 @@
 from rpevit.training.callbacks import EpochTimer, GracefulStop
 from rpevit.training.checkpointing import (
     AtomicCheckpointIO,
+    find_checkpoint,
+    load_checkpoint,
     resume_checkpoint,
     transfer_weights,
 )
@@ -14,19 +16,11 @@ from rpevit.training.cli import (
     run_train,
 )
 from rpevit.training.config import PRESETS, TrainConfig, resolve_config
-from rpevit.training.curves import plot_curves, read_curves
+from rpevit.training.evaluation import evaluate, evaluate_checkpoint, measure
+from rpevit.training.fit import build_trainer, train
+from rpevit.training.inference import load_model, predict
 from rpevit.training.module import ImageClassifier, param_groups, warmup_cosine
-from rpevit.training.run import (
-    RESIZE_MODES,
-    build_trainer,
-    evaluate,
-    evaluate_checkpoint,
-    find_checkpoint,
-    load_checkpoint,
-    resize_images,
-    resolution_transfer,
-    train,
-)
+from rpevit.training.transfer import RESIZE_MODES, resize_images, resolution_transfer
 
 __all__ = [
     "PRESETS",
@@ -44,9 +38,10 @@ __all__ = [
     "evaluate_checkpoint",
     "find_checkpoint",
     "load_checkpoint",
+    "load_model",
+    "measure",
     "param_groups",
-    "plot_curves",
-    "read_curves",
+    "predict",
     "resize_images",
     "resolution_transfer",
     "resolve_config",

@@ -20,15 +20,8 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
 from rpevit.atomic import atomic_write
-from rpevit.errors import CheckpointError
-
-CHECKPOINT_DIR = "checkpoints"
-BEST, LAST = "best.ckpt", "last.ckpt"
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"
+from rpevit.errors import CheckpointError, one_line
+from rpevit.runs import RunDir
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -73,24 +66,27 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
                 f"({unsafe.group(1)}) that loading with weights_only=True refuses, for safety; "
                 "save checkpoints with tensors and plain values only"
             ) from e
-        raise CheckpointError(f"cannot read checkpoint {path} ({_one_line(e)})") from e
+        raise CheckpointError(f"cannot read checkpoint {path} ({one_line(e)})") from e
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
     if not hparams or "model_name" not in hparams or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path} is not an rpevit training checkpoint")
     return checkpoint
 
 
-def find_checkpoint(run_dir_or_ckpt: str | os.PathLike[str], name: str = BEST) -> Path:
-    """A checkpoint file itself, or ``<run>/checkpoints/<name>`` (falling back to last)."""
+def find_checkpoint(run_dir_or_ckpt: str | os.PathLike[str]) -> Path:
+    """A checkpoint file itself, or a run folder's best checkpoint (falling back to last)."""
     path = Path(run_dir_or_ckpt)
     if path.is_file():
         return path
     if not path.is_dir():
         raise CheckpointError(f"{path} is neither a run folder nor a checkpoint file")
-    for candidate in (name, LAST):
-        if (path / CHECKPOINT_DIR / candidate).is_file():
-            return path / CHECKPOINT_DIR / candidate
-    raise CheckpointError(f"run folder {path} has no {CHECKPOINT_DIR}/{name} or {LAST}")
+    run = RunDir(path)
+    found = run.checkpoint()
+    if found is None:
+        raise CheckpointError(
+            f"run folder {path} has no {run.best.relative_to(path)} or {run.last.name}"
+        )
+    return found
 
 
 def resume_checkpoint(run_dir_or_ckpt: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
@@ -104,25 +100,26 @@ def resume_checkpoint(run_dir_or_ckpt: str | os.PathLike[str]) -> tuple[Path, di
     path = Path(run_dir_or_ckpt)
     if path.is_file():
         return path, load_checkpoint(path)
-    folder = path / CHECKPOINT_DIR
-    if not any((folder / n).is_file() for n in (LAST, BEST)):
-        raise CheckpointError(f"nothing to resume: {folder / LAST} does not exist")
+    run = RunDir(path)
+    candidates = (run.last, run.best)
+    if not any(ckpt.is_file() for ckpt in candidates):
+        raise CheckpointError(f"nothing to resume: {run.last} does not exist")
     problems = []
-    for name in (LAST, BEST):
+    for ckpt in candidates:
         try:
-            checkpoint = load_checkpoint(folder / name)
+            checkpoint = load_checkpoint(ckpt)
         except CheckpointError as e:
             problems.append(str(e))
             continue
         if problems:
             print(
-                f"rpevit: warning: {'; '.join(problems)}; resuming from {folder / name} "
+                f"rpevit: warning: {'; '.join(problems)}; resuming from {ckpt} "
                 f"(step {checkpoint.get('global_step')}) instead",
                 file=sys.stderr,
             )
-        return folder / name, checkpoint
+        return ckpt, checkpoint
     raise CheckpointError(
-        f"no intact checkpoint to resume in {folder} ({'; '.join(problems)}): "
+        f"no intact checkpoint to resume in {run.checkpoint_dir} ({'; '.join(problems)}): "
         "start the run again with --overwrite"
     )
 

@@ -17,9 +17,20 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from rpevit.data import list_datasets
 from rpevit.errors import ConfigError, RpevitError, TrainingInterrupted
-from rpevit.training.checkpointing import CHECKPOINT_DIR, resume_checkpoint
+from rpevit.runs import (
+    BEST,
+    CHECKPOINT_DIR,
+    EVALUATION,
+    LAST,
+    RunDir,
+    checkpoint_evaluation_file,
+    checkpointed_runs,
+)
+from rpevit.training.checkpointing import find_checkpoint, resume_checkpoint
 from rpevit.training.config import PRECISIONS, PRESETS, TrainConfig
-from rpevit.training.run import RESIZE_MODES, evaluate, find_checkpoint, train
+from rpevit.training.evaluation import evaluate
+from rpevit.training.fit import train
+from rpevit.training.transfer import RESIZE_MODES
 
 #: CLI options that become ``create_model`` options (``TrainConfig.model_options``).
 MODEL_OPTIONS = ("nb_features", "redraw_interval", "qk_norm", "pool", "ape", "dropout")
@@ -125,7 +136,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume",
         nargs="?",
         const=True,
-        help="continue from last.ckpt of this run, or of the given run folder / checkpoint",
+        help=f"continue from {LAST} of this run, or of the given run folder / checkpoint",
     )
     g.add_argument("--overwrite", action="store_true", default=None, help="replace an existing run")
     g.add_argument(
@@ -135,7 +146,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "position encoding and sizes); only the new attention kernel's weights are fresh. "
         "In `rpevit grid`, a grid folder: each run starts from its softmax-<position>/seed<s>",
     )
-    g.add_argument("--checkpoint-every-n-steps", type=int, help="also save last.ckpt every N steps")
+    g.add_argument("--checkpoint-every-n-steps", type=int, help=f"also save {LAST} every N steps")
     g.add_argument("--accelerator", help="auto, cpu or gpu (default: auto)")
     g.add_argument("--devices", type=_devices, help="auto, a count, or ids like 0,1")
     g.add_argument("--num-nodes", type=int)
@@ -196,16 +207,16 @@ def run_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(
             "rpevit train: interrupted outside the training loop (loading data or evaluating): "
-            "run the same command with --resume if the run has checkpoints/last.ckpt",
+            f"run the same command with --resume if the run has {CHECKPOINT_DIR}/{LAST}",
             file=sys.stderr,
         )
         return 130
     if metrics:
-        run_dir = Path(metrics["checkpoint"]).parent.parent
+        run = RunDir(Path(metrics["checkpoint"]).parent.parent)
         print(
             f"{metrics['model']} on {metrics['dataset']}: test accuracy "
             f"{metrics['test_accuracy']:.4f}, val accuracy {metrics['val_accuracy']:.4f}, "
-            f"mean NLL {metrics['mean_nll']:.4f}; results in {run_dir / 'metrics.json'}"
+            f"mean NLL {metrics['mean_nll']:.4f}; results in {run.metrics_file}"
         )
     return 0
 
@@ -227,8 +238,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         "paths",
         nargs="+",
         metavar="PATH",
-        help="run folder (uses checkpoints/best.ckpt), .ckpt file, or a folder of runs (e.g. a "
-        "grid's --out: every run below it, each writing its own evaluation.json)",
+        help=f"run folder (uses {CHECKPOINT_DIR}/{BEST}), .ckpt file, or a folder of runs (e.g. a "
+        f"grid's --out: every run below it, each writing its own {EVALUATION})",
     )
     parser.add_argument("--data-dir", help="data folder (default: the one used for training)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -257,8 +268,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--out",
-        help="JSON file for the results (default: <run folder>/evaluation.json, or "
-        "<checkpoint>-evaluation.json beside a checkpoint file)",
+        help=f"JSON file for the results (default: <run folder>/{EVALUATION}, or "
+        f"<checkpoint>-{EVALUATION} beside a checkpoint file)",
     )
 
 
@@ -267,11 +278,11 @@ def evaluation_targets(paths: Sequence[str]) -> list[Path]:
     not a run (no ``checkpoints/``) every run folder below it."""
     targets: list[Path] = []
     for path in map(Path, paths):
-        if path.is_dir() and not (path / CHECKPOINT_DIR).is_dir():
-            runs = sorted({c.parent.parent for c in path.rglob(f"{CHECKPOINT_DIR}/*.ckpt")})
+        if path.is_dir() and not RunDir(path).checkpoint_dir.is_dir():
+            runs = checkpointed_runs(path)
             if not runs:
                 raise ConfigError(f"{path} holds no run folders (no {CHECKPOINT_DIR}/*.ckpt)")
-            targets += runs
+            targets += [run.path for run in runs]
         else:
             targets.append(path)
     return targets
@@ -285,7 +296,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.out and len(targets) > 1:
         raise ConfigError(
             f"--out names one file but {len(targets)} runs are evaluated; leave it out "
-            "(each run writes <run>/evaluation.json)"
+            f"(each run writes <run>/{EVALUATION})"
         )
     if len(targets) == 1:
         evaluate_one(targets[0], args)
@@ -308,9 +319,9 @@ def evaluate_one(path: Path, args: argparse.Namespace) -> None:
     if args.out:
         out = Path(args.out)
     elif path.is_dir():
-        out = path / "evaluation.json"
+        out = RunDir(path).evaluation_file
     else:
-        out = ckpt.with_name(f"{ckpt.stem}-evaluation.json")
+        out = checkpoint_evaluation_file(ckpt)
     metrics = evaluate(
         ckpt,
         dataset=args.dataset,

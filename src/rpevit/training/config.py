@@ -101,6 +101,11 @@ RUN_IDENTITY = (
     "in_chans",
 )
 
+#: Config fields that must agree between an existing run folder and the grid's config, and
+#: between runs averaged in a report: the run identity, the training length and the initial
+#: weights (a finished shorter run, or one trained from scratch, is not the requested result).
+GRID_IDENTITY = (*RUN_IDENTITY, "epochs", "min_steps", "max_steps", "init_from")
+
 PRECISIONS = ("32-true", "32", "64-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true")
 CPU_PRECISIONS = ("32-true", "32", "64-true", "bf16-mixed", "bf16-true")
 
