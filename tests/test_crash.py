@@ -260,3 +260,52 @@ def test_unreadable_last_checkpoint_falls_back_to_best(tmp_path, one_thread, cap
     last.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="no intact checkpoint to resume .* --overwrite"):
         train(config(tmp_path, "straight", epochs=1, resume=True))
+
+
+def children(pid: int) -> list[int]:
+    """Live child processes of ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc (Linux)")
+def test_killed_grid_parent_leaves_no_orphan_workers(tmp_path):
+    """``rpevit grid --jobs 2`` SIGKILLed: its workers checkpoint and exit, not train on."""
+    if shared_data_dir() is None:
+        pytest.skip("shared MNIST data not found")
+    models = ("relu-ape", "softmax-ape")
+    grid_args = ["--models", ",".join(models), "--seeds", "0", "--jobs", "2", "--epochs", "10000"]
+    pairs = dict(zip(ARGS[:-1:2], ARGS[1::2], strict=True))  # option-value pairs, then a flag
+    dropped = ("--model", "--epochs", "--nb-features", "--redraw-interval")
+    args = [x for k, v in pairs.items() if k not in dropped for x in (k, v)]
+    argv = [sys.executable, "-m", "rpevit.cli", "grid", *args, *grid_args, ARGS[-1]]
+    argv += ["--data-dir", str(shared_data_dir()), "--out", str(tmp_path)]
+    process = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    lasts = [tmp_path / m / "seed0" / "checkpoints" / "last.ckpt" for m in models]
+    wait_for(lambda: all(p.is_file() for p in lasts), process, timeout=240)
+    workers = [pid for pid in children(process.pid) if alive(pid)]
+    process.kill()
+    start = time.monotonic()
+    while any(alive(pid) for pid in workers) and time.monotonic() - start < 60:
+        time.sleep(0.1)
+    orphans = [pid for pid in workers if alive(pid)]
+    for pid in orphans:  # do not leave them training on a failure
+        os.kill(pid, signal.SIGKILL)
+    _, stderr = process.communicate(timeout=60)
+    assert workers and not orphans, "workers outlived the grid"
+    assert stderr.count("SIGTERM received: saving a checkpoint") == len(models), stderr[-2000:]
+    assert all(step_of(p) > 0 for p in lasts)  # and the checkpoints are readable

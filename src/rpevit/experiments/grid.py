@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
+import signal
+import threading
 import time
 import traceback
 from collections.abc import Mapping, Sequence
@@ -273,10 +275,35 @@ def default_jobs(config: TrainConfig, runs: int) -> int:
     return max(1, min(os.cpu_count() or 1, runs))
 
 
+#: Set in a grid worker while it runs its shard (see :func:`_stop_with_parent`).
+_SHARD_RUNNING = threading.Event()
+
+
+def _stop_with_parent(parent: int) -> None:
+    """Worker start: once the grid's parent process is gone (killed by SIGTERM or SIGKILL), stop
+    the shard as ``kill`` would (SIGTERM: checkpoint at the next step) and exit, instead of
+    training on as an orphan or waiting forever for the next shard."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        if _SHARD_RUNNING.is_set():
+            os.kill(os.getpid(), signal.SIGTERM)
+            while _SHARD_RUNNING.is_set():
+                time.sleep(0.1)
+        os._exit(128 + signal.SIGTERM)
+
+    threading.Thread(target=watch, name="stop-with-parent", daemon=True).start()
+
+
 def _run_shard(config: TrainConfig, models, seeds, out, shard, nb_features) -> dict[str, Any]:
-    return run_grid(
-        config, models=models, seeds=seeds, out=out, shard=shard, nb_features=nb_features
-    )
+    _SHARD_RUNNING.set()
+    try:
+        return run_grid(
+            config, models=models, seeds=seeds, out=out, shard=shard, nb_features=nb_features
+        )
+    finally:
+        _SHARD_RUNNING.clear()
 
 
 def run_grid_parallel(
@@ -296,7 +323,12 @@ def run_grid_parallel(
         base = dataclasses.replace(base, threads=max(1, (os.cpu_count() or 1) // jobs))
     out = Path(out) if out is not None else Path("runs") / f"grid-{base.dataset}-{base.preset}"
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+    with ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=context,
+        initializer=_stop_with_parent,
+        initargs=(os.getpid(),),
+    ) as pool:
         futures = [
             pool.submit(_run_shard, base, models, seeds, out, (i, jobs), nb_features)
             for i in range(1, jobs + 1)
