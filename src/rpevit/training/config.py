@@ -16,65 +16,40 @@ from typing import Any
 
 import torch
 
-from rpevit.data import get_spec
+from rpevit.data import DATASETS, get_spec
 from rpevit.errors import ConfigError
 from rpevit.training.module import build_model
 
-#: Architecture and optimisation per preset and data set. ``paper``: the reported setting
-#: (patch 4, dim 256, depth 6, heads 8, MLP 512, batch 128, AdamW lr 1e-3). ``quick``: sized
-#: for a 2-core CPU: on MNIST (16 tokens of 7x7 patches) relu-ape reaches 97.5% test accuracy
-#: in 5 epochs of ~20 s each on one core. ``study`` is derived from ``quick`` below.
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "paper": {
-        "mnist": dict(
-            patch_size=4, dim=256, depth=6, heads=8, mlp_dim=512,
-            epochs=20, batch_size=128, lr=1e-3, weight_decay=0.05, warmup_epochs=1.0,
-        ),
-        "cifar10": dict(
-            patch_size=4, dim=256, depth=6, heads=8, mlp_dim=512,
-            epochs=100, batch_size=128, lr=1e-3, weight_decay=0.05, warmup_epochs=5.0,
-        ),
-        "cifar100": dict(
-            patch_size=4, dim=256, depth=6, heads=8, mlp_dim=512,
-            epochs=100, batch_size=128, lr=1e-3, weight_decay=0.05, warmup_epochs=5.0,
-        ),
-        "imagefolder": dict(
-            patch_size=8, dim=256, depth=6, heads=8, mlp_dim=512,
-            epochs=100, batch_size=128, lr=1e-3, weight_decay=0.05, warmup_epochs=5.0,
-        ),
-    },
-    "quick": {
-        "mnist": dict(
-            patch_size=7, dim=64, depth=3, heads=4, mlp_dim=128,
-            epochs=5, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_epochs=0.3,
-        ),
-        "cifar10": dict(
-            patch_size=4, dim=64, depth=3, heads=4, mlp_dim=128,
-            epochs=5, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_epochs=0.5,
-        ),
-        "cifar100": dict(
-            patch_size=4, dim=64, depth=3, heads=4, mlp_dim=128,
-            epochs=5, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_epochs=0.5,
-        ),
-        "imagefolder": dict(
-            patch_size=8, dim=64, depth=3, heads=4, mlp_dim=128,
-            epochs=5, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_epochs=0.5,
-        ),
-    },
-}  # fmt: skip
 
-# ``study``: the ``quick`` model and recipe, at patch 4 where ``quick`` uses 7 (MNIST: 49 tokens,
-# like CIFAR-10's 64), for 3 epochs at lr 3e-3: sized so each 15-variant x 3-seed grid fits
-# ~100 min on 2 cores; chosen on the validation split (README).
-PRESETS["study"] = {
-    dataset: {
-        **quick,
-        "patch_size": 4 if dataset != "imagefolder" else quick["patch_size"],
-        "epochs": 3,
-        "lr": 3e-3,
-        "warmup_epochs": 0.3,
-    }
-    for dataset, quick in PRESETS["quick"].items()
+def _preset(base: Mapping[str, Any], **overrides: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """A preset: ``base`` for every known data set, updated by that data set's ``overrides``."""
+    return {dataset: {**base, **overrides.get(dataset, {})} for dataset in DATASETS}
+
+
+#: Architecture and optimisation of the ``paper`` preset (the reported setting) on CIFAR.
+_PAPER = dict(
+    patch_size=4, dim=256, depth=6, heads=8, mlp_dim=512,
+    epochs=100, batch_size=128, lr=1e-3, weight_decay=0.05, warmup_epochs=5.0,
+)  # fmt: skip
+#: ``quick``: sized for a 2-core CPU (on MNIST, 16 tokens of 7x7 patches, relu-ape reaches
+#: 97.5% test accuracy in 5 epochs of ~20 s each on one core).
+_QUICK = dict(
+    patch_size=4, dim=64, depth=3, heads=4, mlp_dim=128,
+    epochs=5, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_epochs=0.5,
+)  # fmt: skip
+#: Image folders (typically larger images) use 8-pixel patches in every preset.
+_FOLDER = dict(patch_size=8)
+
+#: Architecture and optimisation per preset and data set. ``study``: the ``quick`` model at
+#: patch 4 everywhere (MNIST: 49 tokens, like CIFAR-10's 64), 3 epochs at lr 3e-3, sized so
+#: each 15-variant x 3-seed grid fits ~100 min on 2 cores; chosen on the validation split
+#: (README).
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "paper": _preset(_PAPER, mnist=dict(epochs=20, warmup_epochs=1.0), imagefolder=_FOLDER),
+    "quick": _preset(_QUICK, mnist=dict(patch_size=7, warmup_epochs=0.3), imagefolder=_FOLDER),
+    "study": _preset(
+        {**_QUICK, "epochs": 3, "lr": 3e-3, "warmup_epochs": 0.3}, imagefolder=_FOLDER
+    ),
 }
 
 #: Minimum optimiser steps per preset when the epochs come from the preset: a small training
