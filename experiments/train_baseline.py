@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rpevit.cli import main as rpevit_main
     from rpevit.report.plots import plot_run_curves
     from rpevit.runs import RunDir
-    from rpevit.training import config_from_args
+    from rpevit.training.cli import config_from_args
 
     train_argv = ["train", "--model", args.model, "--dataset", args.dataset, *rest]
     if args.epochs is not None:

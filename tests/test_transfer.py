@@ -14,13 +14,8 @@ from test_hostile import fails, fake_checkpoint
 
 from rpevit.cli import main
 from rpevit.data import load_dataset
-from rpevit.training import (
-    ImageClassifier,
-    load_checkpoint,
-    resize_images,
-    resolution_transfer,
-    train,
-)
+from rpevit.training import ImageClassifier, load_checkpoint, resolution_transfer, train
+from rpevit.training.transfer import resize_images
 
 SIZES = dict(patch_size=7, dim=32, depth=1, heads=2, mlp_dim=64)
 

@@ -64,7 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     from rpevit.bench import add_bench_arguments, run_bench
     from rpevit.experiments import add_grid_arguments, run_grid_command
     from rpevit.report import add_report_arguments, run_report_command
-    from rpevit.training import add_evaluate_arguments, add_train_arguments, run_evaluate, run_train
+    from rpevit.training.cli import (
+        add_evaluate_arguments,
+        add_train_arguments,
+        run_evaluate,
+        run_train,
+    )
 
     commands = [
         ("train", "train and evaluate one model", add_train_arguments, run_train),
