@@ -262,24 +262,24 @@ def test_unreadable_last_checkpoint_falls_back_to_best(tmp_path, one_thread, cap
         train(config(tmp_path, "straight", epochs=1, resume=True))
 
 
-def children(pid: int) -> list[int]:
-    """Live child processes of ``pid`` (from /proc)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(stat.parent.name))
-    return found
+def _stat(pid: int) -> list[str] | None:
+    """Fields of ``/proc/<pid>/stat`` after the command name (state, parent pid, ...)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
 
 
 def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    """The process exists and is not a zombie."""
+    stat = _stat(pid)
+    return stat is not None and stat[0] != "Z"
+
+
+def children(pid: int) -> list[int]:
+    """Live child processes of ``pid``."""
+    pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+    return [c for c in pids if (s := _stat(c)) is not None and int(s[1]) == pid and s[0] != "Z"]
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc (Linux)")
@@ -297,7 +297,7 @@ def test_killed_grid_parent_leaves_no_orphan_workers(tmp_path):
     process = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
     lasts = [tmp_path / m / "seed0" / "checkpoints" / "last.ckpt" for m in models]
     wait_for(lambda: all(p.is_file() for p in lasts), process, timeout=240)
-    workers = [pid for pid in children(process.pid) if alive(pid)]
+    workers = children(process.pid)
     process.kill()
     start = time.monotonic()
     while any(alive(pid) for pid in workers) and time.monotonic() - start < 60:
