@@ -48,9 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, rest = parse_args(argv)
     from rpevit.cli import build_parser
     from rpevit.cli import main as rpevit_main
+    from rpevit.cli.train import config_from_args
     from rpevit.report.plots import plot_run_curves
     from rpevit.runs import RunDir
-    from rpevit.training.cli import config_from_args
 
     train_argv = ["train", "--model", args.model, "--dataset", args.dataset, *rest]
     if args.epochs is not None:

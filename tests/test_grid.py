@@ -11,15 +11,9 @@ import pytest
 from conftest import shared_data_dir
 
 import rpevit.experiments.grid as grid
+from rpevit.cli.grid import add_grid_arguments, run_grid_command
 from rpevit.errors import ConfigError, TrainingInterrupted
-from rpevit.experiments import (
-    add_grid_arguments,
-    parse_shard,
-    plan_grid,
-    run_grid,
-    run_grid_command,
-    shard_runs,
-)
+from rpevit.experiments import parse_shard, plan_grid, run_grid, shard_runs
 from rpevit.registry import CORE_MODELS
 from rpevit.report import build_report
 from rpevit.training import TrainConfig, load_checkpoint, train

@@ -12,9 +12,10 @@ import torch
 from conftest import shared_data_dir
 
 from rpevit import create_model
+from rpevit.cli.evaluate import add_evaluate_arguments
+from rpevit.cli.train import add_train_arguments, config_from_args
 from rpevit.errors import CheckpointError, ConfigError, DataNotFoundError
 from rpevit.training import evaluate, load_checkpoint, resolve_config, train
-from rpevit.training.cli import add_evaluate_arguments, add_train_arguments, config_from_args
 from rpevit.training.config import MIN_STEPS, apply_min_steps, check_precision
 from rpevit.training.module import param_groups, warmup_cosine
 

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 
 from rpevit.data.augment import BatchTransform
+from rpevit.data.config import DataConfig
 from rpevit.data.datasets import DatasetSpec, ImageDataset, Split, load_dataset
 from rpevit.data.loader import InMemoryLoader
 
@@ -45,6 +46,29 @@ class ImageDataModule(L.LightningDataModule):
         self.data: ImageDataset | None = None
         self._train_loader: InMemoryLoader | None = None
         self._train_state: dict[str, int] | None = None
+
+    @classmethod
+    def from_config(
+        cls,
+        dataset: str,
+        data: DataConfig,
+        *,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+    ) -> ImageDataModule:
+        """The data module of ``dataset`` read as the run's data section ``data`` says."""
+        return cls(
+            dataset,
+            data.data_dir,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            seed=seed,
+            augment=data.augment,
+            device=device,
+            **data.load_options(),
+        )
 
     def prepare_data(self) -> None:
         """Read (downloading if needed) on the first process; ``setup`` reuses the result."""

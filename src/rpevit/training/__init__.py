@@ -1,7 +1,7 @@
 """Training and evaluation, the library API: train a config, load and measure checkpoints.
 
-The ``rpevit train`` / ``rpevit evaluate`` argument parsing lives in :mod:`rpevit.training.cli`;
-the building blocks (callbacks, checkpoint I/O, schedules) in their own modules.
+The ``rpevit train`` / ``rpevit evaluate`` commands live in :mod:`rpevit.cli`; the building
+blocks (callbacks, checkpoint I/O, schedules) in their own modules.
 """
 
 from rpevit.training.checkpointing import load_checkpoint, transfer_weights

@@ -1,24 +1,31 @@
-"""Training configuration: one dataclass, presets per data set, validation.
+"""Training configuration: the run config's sections, presets per data set, validation.
 
-Fields left as None are filled from the preset for the data set; explicit values always
-win. The resolved config is what a run records
-(``config.json``, checkpoints, ``metrics.json``), so a run can be repeated from it alone.
+Each field is declared once, in its section, with its command-line option. Fields left as
+None are filled from the preset for the data set; explicit values always win. The resolved
+config is what a run records (``config.json``, checkpoints, ``metrics.json``), so a run can be
+repeated from it alone.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
-from rpevit.data import DATASETS, get_spec
+from rpevit.config import Section, setting
+from rpevit.data import DATASETS, get_spec, list_datasets
+from rpevit.data.config import DataConfig
 from rpevit.errors import ConfigError
+from rpevit.runs import LAST
 from rpevit.training.module import build_model
+
+S = TypeVar("S", bound=Section)
 
 
 def _preset(base: Mapping[str, Any], **overrides: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -85,75 +92,141 @@ PRECISIONS = ("32-true", "32", "64-true", "bf16-mixed", "bf16-true", "16-mixed",
 CPU_PRECISIONS = ("32-true", "32", "64-true", "bf16-mixed", "bf16-true")
 
 
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run."""
+def parse_devices(text: str) -> int | str | list[int]:
+    """``auto``, a count (``2``) or a comma-separated list of device ids (``0,1``)."""
+    if text == "auto":
+        return text
+    try:
+        return [int(d) for d in text.split(",") if d] if "," in text else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'auto', a count or ids like 0,1: {text!r}"
+        ) from None
 
-    model: str | None = None
-    dataset: str = "mnist"
-    preset: str = "paper"
-    # architecture (None: from the preset)
-    patch_size: int | None = None
-    dim: int | None = None
-    depth: int | None = None
-    heads: int | None = None
-    mlp_dim: int | None = None
+
+@dataclass
+class TaskConfig(Section):
+    """Which model to train on which data set, and the preset that fills unset fields."""
+
+    TITLE = "what to train"
+
+    model: str | None = setting(help="model name, e.g. relu-ape, favor-rope (see `rpevit models`)")
+    dataset: str = setting("mnist", f"one of {', '.join(list_datasets())}")
+    preset: str = setting("paper", f"one of {', '.join(PRESETS)}; quick is sized for a CPU")
+
+
+@dataclass
+class ModelConfig(Section):
+    """The architecture: sizes (None: from the preset) and further model options."""
+
+    TITLE = "architecture (default: from the preset)"
+
+    patch_size: int | None = setting()
+    dim: int | None = setting()
+    depth: int | None = setting()
+    heads: int | None = setting()
+    mlp_dim: int | None = setting()
     #: further ``create_model`` options: nb_features, redraw_interval, qk_norm, pool, ape,
     #: dropout, feature_projection, rpe_method, rope_mode, ... (None values are dropped)
-    model_options: dict[str, Any] = field(default_factory=dict)
-    # optimisation
-    epochs: int | None = None
-    batch_size: int | None = None
-    eval_batch_size: int | None = None
-    lr: float | None = None
-    weight_decay: float | None = None
-    warmup_epochs: float | None = None
-    min_lr_ratio: float = 0.01
-    label_smoothing: float = 0.1
-    grad_clip: float | None = 1.0
-    max_steps: int | None = None
-    #: at least this many optimiser steps: fewer epochs-worth of data raises the epochs (and
-    #: warm-up in proportion); None: the preset's (MIN_STEPS) if epochs come from the preset,
-    #: else 0 (off)
-    min_steps: int | None = None
+    model_options: dict[str, Any] = setting(factory=dict, cli=False)
+
+    def model_kwargs(self, num_classes: int, in_chans: int, image_size: int) -> dict[str, Any]:
+        """Keyword arguments for :func:`rpevit.create_model` (plain values, checkpoint-safe)."""
+        return dict(
+            image_size=image_size,
+            in_chans=in_chans,
+            num_classes=num_classes,
+            patch_size=self.patch_size,
+            dim=self.dim,
+            depth=self.depth,
+            heads=self.heads,
+            mlp_dim=self.mlp_dim,
+            **{k: v for k, v in self.model_options.items() if v is not None},
+        )
+
+
+@dataclass
+class OptimConfig(Section):
+    """Schedule length, optimiser and loss (None: from the preset)."""
+
+    TITLE = "optimisation (default: from the preset)"
+
+    epochs: int | None = setting()
+    batch_size: int | None = setting()
+    eval_batch_size: int | None = setting()
+    lr: float | None = setting()
+    weight_decay: float | None = setting()
+    warmup_epochs: float | None = setting()
+    min_lr_ratio: float = setting(0.01, "final LR / peak LR")
+    label_smoothing: float = setting(0.1)
+    grad_clip: float | None = setting(1.0, "gradient norm clip; 0 = off")
+    max_steps: int | None = setting(help="stop after this many optimizer steps")
+    #: None: the preset's (MIN_STEPS) if epochs come from the preset, else 0 (off)
+    min_steps: int | None = setting(
+        help="train at least this many optimizer steps, raising the epochs on small data "
+        "(default: the preset's minimum when --epochs is not given; 0 = off)"
+    )
     #: the epochs before ``min_steps`` raised them (set by :func:`apply_min_steps`, else None)
-    requested_epochs: int | None = None
-    # data
-    data_dir: str | None = None
-    split_seed: int = 42
-    max_train_samples: int | None = None
-    max_val_samples: int | None = None
-    max_test_samples: int | None = None
-    augment: bool = True
-    download: bool = True
-    verify_data: bool = False
-    image_size: int | None = None
-    in_chans: int | None = None
-    num_workers: int = 0
-    #: run folder or checkpoint whose weights initialise the model (``--init-from``)
-    init_from: str | None = None
-    # run
-    seed: int = 0
-    out: str = "runs"
-    run_name: str | None = None
-    resume: bool | str | None = None
-    overwrite: bool = False
-    checkpoint_every_n_steps: int | None = None
-    # hardware
-    accelerator: str = "auto"
-    devices: int | str | list[int] = "auto"
-    num_nodes: int = 1
-    strategy: str = "auto"
-    precision: str = "32-true"
-    deterministic: bool | str | None = None
-    threads: int | None = None
-    #: torch.compile (inductor) the model for training and validation; eager if it cannot
-    #: compile. Not part of the run identity: it changes speed, not the model.
-    compile: bool = False
-    # reporting
-    progress_bar: bool = True
-    log_every_n_steps: int = 50
-    inference_batch_size: int = 128
+    requested_epochs: int | None = setting(cli=False)
+
+
+@dataclass
+class RunConfig(Section):
+    """Initial weights, seed, run folder, hardware and logging of a run."""
+
+    TITLE = "run folder and hardware"
+
+    init_from: str | None = setting(
+        help="start from the weights of this run/checkpoint (e.g. a softmax model of the same "
+        "position encoding and sizes); only the new attention kernel's weights are fresh. "
+        "In `rpevit grid`, a grid folder: each run starts from its softmax-<position>/seed<s>",
+        metavar="RUN_OR_CKPT",
+    )
+    seed: int = setting(0, "training seed")
+    out: str = setting("runs", "parent folder of run folders")
+    run_name: str | None = setting(
+        help="run folder name (default: <dataset>-<model>-<preset>-seed<seed>)"
+    )
+    resume: bool | str | None = setting(
+        help=f"continue from {LAST} of this run, or of the given run folder / checkpoint",
+        nargs="?",
+        const=True,
+    )
+    overwrite: bool = setting(False, "replace an existing run")
+    checkpoint_every_n_steps: int | None = setting(help=f"also save {LAST} every N steps")
+    accelerator: str = setting("auto", "auto, cpu or gpu")
+    devices: int | str | list[int] = setting(
+        "auto", "auto, a count, or ids like 0,1", type=parse_devices
+    )
+    num_nodes: int = setting(1)
+    strategy: str = setting("auto", "Lightning strategy, e.g. auto, ddp")
+    precision: str = setting("32-true", f"one of {', '.join(PRECISIONS)}")
+    deterministic: bool | str | None = setting(cli=False)
+    threads: int | None = setting(help="torch CPU threads")
+    #: Not part of the run identity: it changes speed, not the model.
+    compile: bool = setting(
+        False,
+        "torch.compile (inductor) the model for training; eager with a one-line note "
+        "where it cannot compile",
+    )
+    progress_bar: bool = setting(True, "no progress bar", flag="--no-progress")
+    log_every_n_steps: int = setting(50, "logging period in steps")
+    inference_batch_size: int = setting(128, cli=False)
+
+
+#: The sections of a run's config, in the order of its fields (and of ``config.json``).
+SECTIONS = (TaskConfig, ModelConfig, OptimConfig, DataConfig, RunConfig)
+
+
+@dataclass
+class TrainConfig(RunConfig, DataConfig, OptimConfig, ModelConfig, TaskConfig):
+    """Everything that defines a training run: the union of the :data:`SECTIONS`, with flat
+    fields (``config.lr``) and a flat ``config.json``; ``config.section(DataConfig)`` is the
+    typed part a consumer takes whole."""
+
+    def section(self, kind: type[S]) -> S:
+        """The ``kind`` section of this config (a copy)."""
+        return kind.from_record(self.to_dict())
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
@@ -171,20 +244,6 @@ class TrainConfig:
         """``<out>/<run_name>``; the default name encodes data set, model, preset and seed."""
         name = self.run_name or f"{self.dataset}-{self.model}-{self.preset}-seed{self.seed}"
         return Path(self.out) / name
-
-    def model_kwargs(self, num_classes: int, in_chans: int, image_size: int) -> dict[str, Any]:
-        """Keyword arguments for :func:`rpevit.create_model` (plain values, checkpoint-safe)."""
-        return dict(
-            image_size=image_size,
-            in_chans=in_chans,
-            num_classes=num_classes,
-            patch_size=self.patch_size,
-            dim=self.dim,
-            depth=self.depth,
-            heads=self.heads,
-            mlp_dim=self.mlp_dim,
-            **{k: v for k, v in self.model_options.items() if v is not None},
-        )
 
 
 def _positive(config: TrainConfig, *names: str) -> None:

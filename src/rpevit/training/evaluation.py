@@ -3,6 +3,7 @@ predictions, and optionally resolution transfer (the Python side of ``rpevit eva
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 from rpevit.atomic import write_json_atomic
 from rpevit.data import DatasetSpec, ImageDataModule, InMemoryLoader, Split, get_spec
 from rpevit.data.augment import BatchTransform, normalize
+from rpevit.data.config import DataConfig
 from rpevit.errors import ConfigError
 from rpevit.metrics import (
     classification_metrics,
@@ -68,19 +70,18 @@ def _stored_data(
 ) -> ImageDataModule:
     """The evaluation splits as the checkpoint's run made them (``dataset`` / ``data_dir`` /
     ``max_test_samples`` overriding its config)."""
-    stored, imagefolder = info.config, dataset == "imagefolder"
-    size = info.model_kwargs.get("image_size")
-    return ImageDataModule(
-        dataset,
-        data_dir if data_dir is not None else stored.get("data_dir"),
-        split_seed=stored.get("split_seed", 42),
-        max_val_samples=stored.get("max_val_samples"),
-        max_test_samples=max_test_samples or stored.get("max_test_samples"),
+    imagefolder, size = dataset == "imagefolder", info.model_kwargs.get("image_size")
+    data = dataclasses.replace(
+        DataConfig.from_record(info.config),
+        data_dir=data_dir if data_dir is not None else info.config.get("data_dir"),
+        max_train_samples=None,
+        max_test_samples=max_test_samples or info.config.get("max_test_samples"),
         download=False,
+        verify_data=False,
         image_size=(size if isinstance(size, int) else None) if imagefolder else None,
         in_chans=info.model_kwargs.get("in_chans") if imagefolder else None,
-        num_workers=stored.get("num_workers", 0),
     )
+    return ImageDataModule.from_config(dataset, data)
 
 
 def measure(

@@ -23,6 +23,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch.nn.parallel import DistributedDataParallel
 
 from rpevit.data import ImageDataModule, get_spec
+from rpevit.data.config import DataConfig
 from rpevit.errors import CheckpointError, ConfigError, NonFiniteLossError, one_line
 from rpevit.runs import CSV_LOGS, LOGS, TENSORBOARD, RunDir
 from rpevit.training.callbacks import EpochTimer, GracefulStop, LastEveryEpoch
@@ -179,22 +180,12 @@ def train(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[L.Call
         torch.set_num_threads(config.threads)
     run, resume_from = _prepare_run_dir(config)
     L.seed_everything(config.seed, workers=True, verbose=False)
-    datamodule = ImageDataModule(
+    datamodule = ImageDataModule.from_config(
         config.dataset,
-        config.data_dir,
+        config.section(DataConfig),
         batch_size=config.batch_size,
         eval_batch_size=config.eval_batch_size,
         seed=config.seed,
-        split_seed=config.split_seed,
-        augment=config.augment,
-        max_train_samples=config.max_train_samples,
-        max_val_samples=config.max_val_samples,
-        max_test_samples=config.max_test_samples,
-        download=config.download,
-        image_size=config.image_size,
-        in_chans=config.in_chans,
-        num_workers=config.num_workers,
-        verify=config.verify_data,
     )
     # Named data sets have known shapes: build the model (and check --init-from) before
     # reading them; an image folder is read first. Either way, errors come before any setup.

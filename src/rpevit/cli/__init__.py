@@ -62,14 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(func=_models_command)
 
     from rpevit.bench import add_bench_arguments, run_bench
-    from rpevit.experiments import add_grid_arguments, run_grid_command
+    from rpevit.cli.evaluate import add_evaluate_arguments, run_evaluate
+    from rpevit.cli.grid import add_grid_arguments, run_grid_command
+    from rpevit.cli.train import add_train_arguments, run_train
     from rpevit.report import add_report_arguments, run_report_command
-    from rpevit.training.cli import (
-        add_evaluate_arguments,
-        add_train_arguments,
-        run_evaluate,
-        run_train,
-    )
 
     commands = [
         ("train", "train and evaluate one model", add_train_arguments, run_train),
@@ -97,6 +93,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rpevit {args.command}: error: {error}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

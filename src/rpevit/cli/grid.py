@@ -9,32 +9,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
+from rpevit.cli.train import add_train_arguments, config_from_args
 from rpevit.errors import ConfigError, TrainingInterrupted
 from rpevit.experiments.grid import default_jobs, run_grid, run_grid_parallel
 from rpevit.experiments.plan import parse_shard, plan_grid
 from rpevit.registry import CORE_MODELS, STUDY_MODELS, list_available_models
-from rpevit.training.cli import add_train_arguments, config_from_args
 
-#: ``rpevit train`` options that the grid decides per run (or, for --out, redefines).
-GRID_OWNED = ("--model", "--seed", "--run-name", "--resume", "--out", "--nb-features")
-
-
-class _WithoutOptions:
-    """Stands in for a parser or argument group and drops arguments named in ``skip``, so
-    ``add_train_arguments`` can add everything else without a copy of its option list."""
-
-    def __init__(self, target: Any, skip: tuple[str, ...]) -> None:
-        self._target, self._skip = target, skip
-
-    def add_argument_group(self, *args: Any, **kwargs: Any) -> _WithoutOptions:
-        return _WithoutOptions(self._target.add_argument_group(*args, **kwargs), self._skip)
-
-    def add_argument(self, *names: str, **kwargs: Any) -> argparse.Action | None:
-        if any(name in self._skip for name in names):
-            return None
-        return self._target.add_argument(*names, **kwargs)
+#: ``rpevit train`` options that the grid decides per run (or, for --out and --nb-features,
+#: redefines): config fields and model options by name.
+GRID_OWNED = ("model", "seed", "run_name", "resume", "out", "nb_features")
 
 
 def _integers(text: str) -> list[int]:
@@ -85,7 +69,7 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
         help="parallel worker processes, each running a shard ('auto': one single-threaded "
         "worker per CPU core on a CPU-only machine, else 1)",
     )
-    add_train_arguments(_WithoutOptions(parser, GRID_OWNED))  # type: ignore[arg-type]
+    add_train_arguments(parser, skip=GRID_OWNED)
 
 
 def run_grid_command(args: argparse.Namespace) -> int:
