@@ -14,29 +14,24 @@ from rpevit.data import load_dataset
 from rpevit.data.augment import normalize
 from rpevit.errors import RpevitError
 from rpevit.report.attention import cls_attention_map
-from rpevit.report.paired import (
-    comparisons,
-    gap_closed_intervals,
-    statistics_markdown,
-    write_comparisons_csv,
-)
-from rpevit.report.plots import (
+from rpevit.report.paired import comparisons, gap_closed_intervals
+from rpevit.report.paired_render import statistics_markdown, write_comparisons_csv
+from rpevit.report.plots import plot_curves
+from rpevit.report.results_render import markdown, write_csv
+from rpevit.report.runs import Run, load_runs
+from rpevit.report.summary_plots import (
     plot_attention_maps,
-    plot_curves,
     plot_feature_ablation,
     plot_heatmap,
     plot_resolution,
     plot_tradeoff,
 )
-from rpevit.report.runs import Run, load_runs
 from rpevit.report.tables import (
     ablation_rows,
     gap_closed_table,
     init_comparison,
-    markdown,
     summarise,
     transfer_table,
-    write_csv,
 )
 from rpevit.runs import PREDICTIONS, RunDir
 from rpevit.training.checkpointing import find_checkpoint
