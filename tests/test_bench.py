@@ -9,11 +9,11 @@ import json
 import pytest
 import torch
 
-from rpevit.bench import BENCHMARKS, add_bench_arguments, run_bench
+from rpevit.bench import BENCHMARKS, selected_benchmarks
 from rpevit.bench import anchors as anchors_bench
-from rpevit.bench.cli import selected_benchmarks
 from rpevit.bench.common import crossover, fit_exponent
 from rpevit.bench.fidelity import favor_error, l2_normalise, relative_error
+from rpevit.cli.bench import add_bench_arguments, run_bench
 
 MODELS = "softmax-ape,softmax-rpe,favor-ape,favor-rpe,relu-rope"
 

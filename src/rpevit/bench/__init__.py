@@ -5,6 +5,6 @@ Each benchmark writes ``<name>.json`` (raw numbers, machine, command), ``<name>.
 timing convention and :mod:`rpevit.bench.memory` for how peak memory is measured.
 """
 
-from rpevit.bench.cli import BENCHMARKS, add_bench_arguments, run_bench
+from rpevit.bench.suite import BENCHMARKS, run_one, selected_benchmarks
 
-__all__ = ["BENCHMARKS", "add_bench_arguments", "run_bench"]
+__all__ = ["BENCHMARKS", "run_one", "selected_benchmarks"]

@@ -6,68 +6,25 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from rpevit.cli.bench import add_bench_arguments, run_bench
+from rpevit.cli.evaluate import add_evaluate_arguments, run_evaluate
+from rpevit.cli.grid import add_grid_arguments, run_grid_command
+from rpevit.cli.models import add_models_arguments, run_models
+from rpevit.cli.report import add_report_arguments, run_report_command
+from rpevit.cli.train import add_train_arguments, run_train
 from rpevit.errors import RpevitError
-from rpevit.flops import count_flops
-from rpevit.registry import create_model, list_available_models, parse_model_name
-
-
-def _models_command(args: argparse.Namespace) -> int:
-    """Print every registered variant with its parameter count and forward FLOPs per image."""
-    names = list_available_models() if args.models == "all" else args.models.split(",")
-    for name in names:
-        parse_model_name(name)
-    size = dict(
-        image_size=args.image_size,
-        in_chans=args.in_chans,
-        num_classes=args.num_classes,
-        patch_size=args.patch_size,
-        dim=args.dim,
-        depth=args.depth,
-        heads=args.heads,
-        mlp_dim=args.mlp_dim,
-    )
-    tokens = (args.image_size // args.patch_size) ** 2
-    print(
-        f"{len(names)} models at image {args.in_chans}x{args.image_size}x{args.image_size}, "
-        f"patch {args.patch_size} ({tokens} patch tokens), dim {args.dim}, depth {args.depth}, "
-        f"heads {args.heads}, MLP {args.mlp_dim}"
-    )
-    width = max(len(name) for name in [*names, "model"])
-    print(f"| {'model':<{width}} | {'parameters':>10} | {'MFLOPs/image':>12} |")
-    print(f"| {'-' * width} | {'-' * 10}:| {'-' * 12}:|")
-    for name in names:
-        model = create_model(name, **size)
-        params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        flops = count_flops(model, (args.in_chans, args.image_size, args.image_size))
-        print(f"| {name:<{width}} | {params:>10,} | {flops / 1e6:>12.1f} |")
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``rpevit`` parser: one sub-parser per command, its handler as ``func``."""
     parser = argparse.ArgumentParser(
         prog="rpevit",
         description="Relative position encodings for linear-attention Vision Transformers.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    models = sub.add_parser("models", help="list model variants with parameters and FLOPs")
-    models.add_argument("--models", default="all", help="'all' or a comma-separated list")
-    models.add_argument("--image-size", type=int, default=28)
-    models.add_argument("--in-chans", type=int, default=1)
-    models.add_argument("--num-classes", type=int, default=10)
-    models.add_argument("--patch-size", type=int, default=4)
-    models.add_argument("--dim", type=int, default=256)
-    models.add_argument("--depth", type=int, default=6)
-    models.add_argument("--heads", type=int, default=8)
-    models.add_argument("--mlp-dim", type=int, default=512)
-    models.set_defaults(func=_models_command)
-
-    from rpevit.bench import add_bench_arguments, run_bench
-    from rpevit.cli.evaluate import add_evaluate_arguments, run_evaluate
-    from rpevit.cli.grid import add_grid_arguments, run_grid_command
-    from rpevit.cli.train import add_train_arguments, run_train
-    from rpevit.report import add_report_arguments, run_report_command
-
     commands = [
+        ("models", "list model variants with parameters and FLOPs", add_models_arguments,
+         run_models),
         ("train", "train and evaluate one model", add_train_arguments, run_train),
         ("evaluate", "re-measure a trained model on the test set", add_evaluate_arguments,
          run_evaluate),
@@ -92,4 +49,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RpevitError, ValueError) as error:
         print(f"rpevit {args.command}: error: {error}", file=sys.stderr)
         return 2
-

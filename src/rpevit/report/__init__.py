@@ -1,7 +1,7 @@
 """Results tables (Markdown, CSV) and figures built from finished run folders."""
 
 from rpevit.report.attention import attention_weights, cls_attention_map
-from rpevit.report.build import add_report_arguments, build_report, run_report_command
+from rpevit.report.build import build_report
 from rpevit.report.runs import Run, load_runs, read_curves
 from rpevit.report.tables import (
     ablation_rows,
@@ -15,7 +15,6 @@ from rpevit.report.tables import (
 __all__ = [
     "Run",
     "ablation_rows",
-    "add_report_arguments",
     "attention_weights",
     "build_report",
     "cls_attention_map",
@@ -24,7 +23,6 @@ __all__ = [
     "load_runs",
     "mean_std",
     "read_curves",
-    "run_report_command",
     "summarise",
     "transfer_table",
 ]

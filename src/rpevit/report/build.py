@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import numpy as np
 from rpevit.atomic import atomic_write, write_json_atomic
 from rpevit.data import load_dataset
 from rpevit.data.augment import normalize
+from rpevit.data.config import DataConfig
 from rpevit.errors import RpevitError
 from rpevit.report.attention import cls_attention_map
 from rpevit.report.paired import comparisons, gap_closed_intervals
@@ -40,14 +40,14 @@ from rpevit.training.inference import load_model
 
 def _test_image(run: Run, data_dir: str | Path | None, index: int) -> tuple[Any, Any, int]:
     """The raw test image ``index`` of the runs' data set, its normalised tensor and label."""
-    config = run.config
+    stored = DataConfig.from_record(run.config)
     data = load_dataset(
         run.dataset,
-        data_dir if data_dir is not None else config.get("data_dir"),
-        split_seed=config.get("split_seed", 42),
+        data_dir if data_dir is not None else stored.data_dir,
+        split_seed=stored.split_seed,
         download=False,
-        image_size=config.get("image_size"),
-        in_chans=config.get("in_chans"),
+        image_size=stored.image_size,
+        in_chans=stored.in_chans,
     )
     if not 0 <= index < len(data.test):
         raise IndexError(f"test image {index} out of range (test split has {len(data.test)})")
@@ -180,32 +180,3 @@ def build_report(
     }
     write_json_atomic(out / "report.json", summary)
     return summary
-
-
-def add_report_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``rpevit report``."""
-    parser.add_argument(
-        "runs_dirs",
-        nargs="+",
-        metavar="RUNS_DIR",
-        help="folder(s) holding run folders (e.g. a grid's --out; several to compare grids, "
-        "e.g. from scratch and from a checkpoint)",
-    )
-    parser.add_argument("--out", help="output folder (default: <first RUNS_DIR>/report)")
-    parser.add_argument(
-        "--data-dir", help="data folder for the attention-map image (default: the runs' own)"
-    )
-    parser.add_argument(
-        "--image-index", type=int, default=0, help="test image for the attention maps (default 0)"
-    )
-
-
-def run_report_command(args: argparse.Namespace) -> int:
-    """Handler of ``rpevit report``: build the report, print where it is and any notes."""
-    summary = build_report(
-        args.runs_dirs, args.out, data_dir=args.data_dir, image_index=args.image_index
-    )
-    for note in summary["notes"]:
-        print(f"note: {note}")
-    print(f"report of {summary['num_runs']} runs: {', '.join(summary['files'])}")
-    return 0

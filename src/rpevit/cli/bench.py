@@ -1,9 +1,8 @@
-"""Arguments and dispatch of ``rpevit bench``."""
+"""``rpevit bench``: options, the validated benchmark context, and the handler."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 import time
@@ -12,25 +11,8 @@ from pathlib import Path
 
 import torch
 
-from rpevit.bench.common import VARIANTS, BenchContext, load_average, write_outputs
-
-#: Benchmark name -> module under ``rpevit.bench`` with ``run(ctx) -> record``,
-#: ``markdown(record) -> str`` and ``plot(record) -> Figure``; run in order.
-BENCHMARKS = {
-    "layer": "rpevit.bench.layer",
-    "scaling": "rpevit.bench.scaling",
-    "anchors": "rpevit.bench.anchors",
-    "fidelity": "rpevit.bench.fidelity",
-    "ceiling": "rpevit.bench.ceiling",
-    "training": "rpevit.bench.training",
-    "data": "rpevit.bench.data",
-}
-#: Run only when named, since they need the data sets: ``training`` trains real CIFAR-10 runs
-#: (minutes), ``data`` times the input pipeline.
-ON_REQUEST = ("training", "data")
-
-#: Timing defaults per preset: (warm-up calls, timed calls, seconds budget per callable).
-TIMING = {"smoke": (1, 2, 0.5), "quick": (1, 5, 2.0), "full": (2, 10, 10.0)}
+from rpevit.bench.common import VARIANTS, BenchContext, load_average
+from rpevit.bench.suite import BENCHMARKS, ON_REQUEST, TIMING, run_one, selected_benchmarks
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -109,28 +91,6 @@ def context_from_args(args: argparse.Namespace) -> BenchContext:
         arguments={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
                    if k != "func"},
     )  # fmt: skip
-
-
-def selected_benchmarks(requested: list[str]) -> list[str]:
-    """Benchmark names to run, in suite order; nothing or ``all`` means every one but the
-    ``ON_REQUEST`` ones."""
-    unknown = [name for name in requested if name not in BENCHMARKS and name != "all"]
-    if unknown:
-        raise ValueError(
-            f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}, all"
-        )
-    if not requested or "all" in requested:
-        return [name for name in BENCHMARKS if name not in ON_REQUEST]
-    return [name for name in BENCHMARKS if name in requested]
-
-
-def run_one(name: str, ctx: BenchContext) -> dict:
-    """Run benchmark ``name``, write ``<name>.{json,md,png}`` into ``ctx.out``, return the
-    record."""
-    module = importlib.import_module(BENCHMARKS[name])
-    record = module.run(ctx)
-    write_outputs(ctx, name, record, module.markdown(record), lambda: module.plot(record))
-    return record
 
 
 def run_bench(args: argparse.Namespace) -> int:

@@ -1,0 +1,36 @@
+"""``rpevit report``: options and handler."""
+
+from __future__ import annotations
+
+import argparse
+
+from rpevit.report.build import build_report
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``rpevit report``."""
+    parser.add_argument(
+        "runs_dirs",
+        nargs="+",
+        metavar="RUNS_DIR",
+        help="folder(s) holding run folders (e.g. a grid's --out; several to compare grids, "
+        "e.g. from scratch and from a checkpoint)",
+    )
+    parser.add_argument("--out", help="output folder (default: <first RUNS_DIR>/report)")
+    parser.add_argument(
+        "--data-dir", help="data folder for the attention-map image (default: the runs' own)"
+    )
+    parser.add_argument(
+        "--image-index", type=int, default=0, help="test image for the attention maps (default 0)"
+    )
+
+
+def run_report_command(args: argparse.Namespace) -> int:
+    """Handler of ``rpevit report``: build the report, print where it is and any notes."""
+    summary = build_report(
+        args.runs_dirs, args.out, data_dir=args.data_dir, image_index=args.image_index
+    )
+    for note in summary["notes"]:
+        print(f"note: {note}")
+    print(f"report of {summary['num_runs']} runs: {', '.join(summary['files'])}")
+    return 0
