@@ -16,8 +16,9 @@ from rpevit.cli.evaluate import add_evaluate_arguments
 from rpevit.cli.train import add_train_arguments, config_from_args
 from rpevit.errors import CheckpointError, ConfigError, DataNotFoundError
 from rpevit.training import evaluate, load_checkpoint, resolve_config, train
-from rpevit.training.config import MIN_STEPS, apply_min_steps, check_precision
+from rpevit.training.config import apply_min_steps, check_precision
 from rpevit.training.module import param_groups, warmup_cosine
+from rpevit.training.presets import MIN_STEPS
 
 METRIC_KEYS = {
     "model",

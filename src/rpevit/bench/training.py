@@ -24,7 +24,7 @@ from rpevit.data.datasets import DATA_DIR_ENV
 from rpevit.flops import count_flops
 from rpevit.registry import create_model
 from rpevit.training import TrainConfig, train
-from rpevit.training.config import PRESETS
+from rpevit.training.presets import PRESETS
 
 #: The variants the issue names; ``--models`` overrides.
 DEFAULT_MODELS = ["softmax-ape", "favor-ape", "favor-rpe", "relu-rope"]

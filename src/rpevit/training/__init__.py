@@ -5,11 +5,12 @@ blocks (callbacks, checkpoint I/O, schedules) in their own modules.
 """
 
 from rpevit.training.checkpointing import load_checkpoint, transfer_weights
-from rpevit.training.config import PRESETS, TrainConfig, resolve_config
+from rpevit.training.config import TrainConfig, resolve_config
 from rpevit.training.evaluation import evaluate, evaluate_checkpoint, measure
 from rpevit.training.fit import train
 from rpevit.training.inference import load_model, predict
 from rpevit.training.module import ImageClassifier
+from rpevit.training.presets import PRESETS
 from rpevit.training.transfer import resolution_transfer
 
 __all__ = [
