@@ -86,11 +86,11 @@ class ModelConfig(Section):
 
     TITLE = "architecture (default: from the preset)"
 
-    patch_size: int | None = setting()
-    dim: int | None = setting()
-    depth: int | None = setting()
-    heads: int | None = setting()
-    mlp_dim: int | None = setting()
+    patch_size: int | None = setting(help="patch side in pixels (must divide the image size)")
+    dim: int | None = setting(help="token width")
+    depth: int | None = setting(help="transformer blocks")
+    heads: int | None = setting(help="attention heads (must divide dim)")
+    mlp_dim: int | None = setting(help="hidden width of each block's MLP")
     #: further ``create_model`` options: nb_features, redraw_interval, qk_norm, pool, ape,
     #: dropout, feature_projection, rpe_method, rope_mode, ... (None values are dropped)
     model_options: dict[str, Any] = setting(factory=dict, cli=False)
@@ -116,14 +116,14 @@ class OptimConfig(Section):
 
     TITLE = "optimisation (default: from the preset)"
 
-    epochs: int | None = setting()
-    batch_size: int | None = setting()
-    eval_batch_size: int | None = setting()
-    lr: float | None = setting()
-    weight_decay: float | None = setting()
-    warmup_epochs: float | None = setting()
+    epochs: int | None = setting(help="training epochs")
+    batch_size: int | None = setting(help="training batch size (per device)")
+    eval_batch_size: int | None = setting(help="validation batch size (default: batch size)")
+    lr: float | None = setting(help="peak AdamW learning rate")
+    weight_decay: float | None = setting(help="AdamW weight decay (weight matrices only)")
+    warmup_epochs: float | None = setting(help="linear warm-up before the cosine decay")
     min_lr_ratio: float = setting(0.01, "final LR / peak LR")
-    label_smoothing: float = setting(0.1)
+    label_smoothing: float = setting(0.1, "label smoothing of the training loss")
     grad_clip: float | None = setting(1.0, "gradient norm clip; 0 = off")
     max_steps: int | None = setting(help="stop after this many optimizer steps")
     #: None: the preset's (MIN_STEPS) if epochs come from the preset, else 0 (off)
@@ -163,7 +163,7 @@ class RunConfig(Section):
     devices: int | str | list[int] = setting(
         "auto", "auto, a count, or ids like 0,1", type=parse_devices
     )
-    num_nodes: int = setting(1)
+    num_nodes: int = setting(1, "machines (multi-node DDP)")
     strategy: str = setting("auto", "Lightning strategy, e.g. auto, ddp")
     precision: str = setting("32-true", f"one of {', '.join(PRECISIONS)}")
     deterministic: bool | str | None = setting(cli=False)
