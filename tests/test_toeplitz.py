@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import rpevit.attention.toeplitz as toeplitz
+import rpevit.attention.toeplitz_fft as toeplitz_fft
 from rpevit.attention import favor_features, orthogonal_gaussian_projection, rpe_linear_attention
 from rpevit.attention.toeplitz import dense_relative_matrix
 from rpevit.positions import KernelizedRPE, TokenGrid
@@ -128,9 +129,9 @@ def test_fft_chunking_and_recomputation_do_not_change_values_or_gradients(monkey
 def test_fft_float32_uses_float64_transforms_only_for_non_flat_tables(monkeypatch):
     """The zero-initialised table stays on the fast float32 transforms."""
     dtypes = []
-    original = toeplitz._ToeplitzFFT.apply
+    original = toeplitz_fft.ToeplitzFFT.apply
     monkeypatch.setattr(
-        toeplitz._ToeplitzFFT, "apply", lambda *a: dtypes.append(a[0].dtype) or original(*a)
+        toeplitz_fft.ToeplitzFFT, "apply", lambda *a: dtypes.append(a[0].dtype) or original(*a)
     )
     qf, kf, v = _features(1, 1, 10, 4, 4, torch.float32)
     for scale in (0.0, 5.0):

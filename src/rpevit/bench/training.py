@@ -20,7 +20,7 @@ import lightning as L
 
 from rpevit.bench.ceiling import matmul_gflops
 from rpevit.bench.common import BenchContext, fmt, md_table, median, new_record
-from rpevit.data.datasets import DATA_DIR_ENV
+from rpevit.data.specs import DATA_DIR_ENV
 from rpevit.flops import count_flops
 from rpevit.registry import create_model
 from rpevit.training import TrainConfig, train

@@ -10,7 +10,11 @@ from rpevit.data.augment import (
     random_rotate,
     rotate,
 )
-from rpevit.data.datasets import (
+from rpevit.data.datasets import load_dataset, seeded_subset, split_indices
+from rpevit.data.loader import EpochSampler, InMemoryLoader, mix_seed
+from rpevit.data.module import ImageDataModule
+from rpevit.data.named import verify_checksums
+from rpevit.data.specs import (
     DATA_DIR_ENV,
     DATASETS,
     DatasetSpec,
@@ -18,14 +22,8 @@ from rpevit.data.datasets import (
     Split,
     get_spec,
     list_datasets,
-    load_dataset,
     resolve_data_dir,
-    seeded_subset,
-    split_indices,
-    verify_checksums,
 )
-from rpevit.data.loader import EpochSampler, InMemoryLoader, mix_seed
-from rpevit.data.module import ImageDataModule
 
 __all__ = [
     "DATASETS",

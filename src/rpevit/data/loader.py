@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from rpevit.data.augment import BatchTransform
-from rpevit.data.datasets import Split
+from rpevit.data.specs import Split
 
 
 def mix_seed(*values: int) -> int:

@@ -11,8 +11,9 @@ import torch
 
 from rpevit.data.augment import BatchTransform
 from rpevit.data.config import DataConfig
-from rpevit.data.datasets import DatasetSpec, ImageDataset, Split, load_dataset
+from rpevit.data.datasets import load_dataset
 from rpevit.data.loader import InMemoryLoader
+from rpevit.data.specs import DatasetSpec, ImageDataset, Split
 
 
 class ImageDataModule(L.LightningDataModule):
