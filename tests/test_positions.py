@@ -72,7 +72,8 @@ def test_rpe_chunked_with_recomputation_matches_and_backpropagates(monkeypatch, 
     grids = (height, width, 1)
     ref = rpe_linear_attention(qf, kf, v, log_c, grids, method="quadratic")
     (g_ref,) = torch.autograd.grad(ref.square().sum(), log_c)
-    monkeypatch.setattr(toeplitz, "CHUNK_BYTES", 1)  # one feature (or query row) per chunk
+    # one feature (fft) or one query row (quadratic) per chunk
+    monkeypatch.setattr(toeplitz, "FFT_CHUNK_BYTES" if method == "fft" else "CHUNK_BYTES", 1)
     out = rpe_linear_attention(qf, kf, v, log_c, grids, method=method)
     (g_chunked,) = torch.autograd.grad(out.square().sum(), log_c)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)

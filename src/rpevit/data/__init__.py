@@ -10,6 +10,7 @@ from rpevit.data.augment import (
     random_rotate,
     rotate,
 )
+from rpevit.data.config import DataConfig
 from rpevit.data.datasets import load_dataset, seeded_subset, split_indices
 from rpevit.data.loader import EpochSampler, InMemoryLoader, mix_seed
 from rpevit.data.module import ImageDataModule
@@ -29,6 +30,7 @@ __all__ = [
     "DATASETS",
     "DATA_DIR_ENV",
     "BatchTransform",
+    "DataConfig",
     "DatasetSpec",
     "EpochSampler",
     "ImageDataModule",

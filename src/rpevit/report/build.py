@@ -9,9 +9,8 @@ from typing import Any
 import numpy as np
 
 from rpevit.atomic import atomic_write, write_json_atomic
-from rpevit.data import load_dataset
+from rpevit.data import DataConfig, load_dataset
 from rpevit.data.augment import normalize
-from rpevit.data.config import DataConfig
 from rpevit.errors import RpevitError
 from rpevit.report.attention import cls_attention_map
 from rpevit.report.paired import comparisons, gap_closed_intervals

@@ -12,9 +12,8 @@ from typing import Any
 import torch
 
 from rpevit.atomic import write_json_atomic
-from rpevit.data import DatasetSpec, ImageDataModule, InMemoryLoader, Split, get_spec
+from rpevit.data import DataConfig, DatasetSpec, ImageDataModule, InMemoryLoader, Split, get_spec
 from rpevit.data.augment import BatchTransform, normalize
-from rpevit.data.config import DataConfig
 from rpevit.errors import ConfigError
 from rpevit.metrics import (
     classification_metrics,

@@ -22,8 +22,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_only
 from torch.nn.parallel import DistributedDataParallel
 
-from rpevit.data import ImageDataModule, get_spec
-from rpevit.data.config import DataConfig
+from rpevit.data import DataConfig, ImageDataModule, get_spec
 from rpevit.errors import CheckpointError, ConfigError, NonFiniteLossError, one_line
 from rpevit.runs import CSV_LOGS, LOGS, TENSORBOARD, RunDir
 from rpevit.training.callbacks import EpochTimer, GracefulStop, LastEveryEpoch
