@@ -63,6 +63,22 @@ def command_line() -> str:
     return " ".join([program, *(shlex.quote(a) for a in sys.argv[1:])])
 
 
+def variant_style(label: str) -> dict:
+    """Colour by position encoding, line style by kernel."""
+    colours = {"ape": "C0", "rpe": "C1", "string": "C2", "rope": "C3", "frpe": "C6"}
+    lines = {"softmax": "-", "favor": "--", "relu": ":"}
+    kernel, _, rest = label.partition("-")
+    position, _, method = rest.partition("[")
+    style = {
+        "color": colours.get(position, "k"),
+        "linestyle": lines.get(kernel, "-"),
+        "marker": "o",
+    }
+    if method:
+        style.update(color="C4" if method.startswith("q") else "C5", marker="x")
+    return style
+
+
 def time_once(fn: Callable[[], Any]) -> float:
     """Wall seconds of one call."""
     start = time.perf_counter()

@@ -20,6 +20,7 @@ from rpevit.bench.common import (
     preset_settings,
     ratio,
     time_interleaved,
+    variant_style,
     verdict,
 )
 from rpevit.bench.layer_summary import NEAR_APE_COST, lookup, other_method, summarise
@@ -240,7 +241,7 @@ def plot(record: dict):
                if r["label"] == label and r.get("time_per_seq_ms")]  # fmt: skip
         mem = [(r["tokens"], r["peak_mib"]) for r in record["rows"]
                if r["label"] == label and r.get("peak_mib")]  # fmt: skip
-        style = _style(label)
+        style = variant_style(label)
         if pts:
             left.plot(*zip(*pts, strict=True), label=label, **style)
         if mem:
@@ -251,19 +252,3 @@ def plot(record: dict):
         figure,
     )
     return figure
-
-
-def _style(label: str) -> dict:
-    """Colour by position encoding, line style by kernel."""
-    colours = {"ape": "C0", "rpe": "C1", "string": "C2", "rope": "C3", "frpe": "C6"}
-    lines = {"softmax": "-", "favor": "--", "relu": ":"}
-    kernel, _, rest = label.partition("-")
-    position, _, method = rest.partition("[")
-    style = {
-        "color": colours.get(position, "k"),
-        "linestyle": lines.get(kernel, "-"),
-        "marker": "o",
-    }
-    if method:
-        style.update(color="C4" if method.startswith("q") else "C5", marker="x")
-    return style

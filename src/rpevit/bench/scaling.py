@@ -19,6 +19,7 @@ from rpevit.bench.common import (
     new_record,
     preset_settings,
     time_interleaved,
+    variant_style,
 )
 from rpevit.bench.memory import measure_peak_memory
 from rpevit.bench.workloads import build_step
@@ -159,18 +160,16 @@ def plot(record: dict):
     """Log-log forward+backward time per image against N with O(N) and O(N^2) guides."""
     import matplotlib.pyplot as plt
 
-    from rpevit.bench.layer import _style
-
     figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     all_t = []
     for variant in record["settings"]["variants"]:
         ns, ts = _series(record["rows"], variant, "train_ms_per_image")
         if ns:
-            left.plot(ns, ts, label=variant, **_style(variant))
+            left.plot(ns, ts, label=variant, **variant_style(variant))
             all_t += list(zip(ns, ts, strict=True))
         ns, ms = _series(record["rows"], variant, "peak_mib")
         if ns:
-            right.plot(ns, ms, label=variant, **_style(variant))
+            right.plot(ns, ms, label=variant, **variant_style(variant))
     if all_t:
         n0 = min(n for n, _ in all_t)
         n1 = max(n for n, _ in all_t)
