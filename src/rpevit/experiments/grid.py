@@ -37,7 +37,7 @@ from rpevit.experiments.plan import (
 from rpevit.registry import CORE_MODELS
 from rpevit.runs import RunDir, RunState, summary_path
 from rpevit.training import TrainConfig, resolve_config, train
-from rpevit.training.config import GRID_IDENTITY
+from rpevit.training.config import GRID_IDENTITY, identity_mismatch
 
 
 def config_mismatch(run_dir: Path, config: TrainConfig) -> list[str]:
@@ -47,12 +47,7 @@ def config_mismatch(run_dir: Path, config: TrainConfig) -> list[str]:
         return []
     if stored.get("requested_epochs") is not None:  # compare the request, not what
         stored = {**stored, "epochs": stored["requested_epochs"]}  # --min-steps made of it
-    current = config.to_dict()
-    return [
-        f"{key}: {stored[key]!r} in the folder, {current[key]!r} now"
-        for key in GRID_IDENTITY
-        if key in stored and stored[key] != current[key]
-    ]
+    return identity_mismatch(stored, config, GRID_IDENTITY, "folder")
 
 
 def run_state(run_dir: Path, run: GridRun) -> RunState:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -290,12 +290,18 @@ def check_precision(precision: str, accelerator: str) -> None:
         )
 
 
-def identity_mismatch(stored: Mapping[str, Any], config: TrainConfig) -> list[str]:
-    """Run-identity fields whose value differs between a checkpoint's config and ``config``."""
+def identity_mismatch(
+    stored: Mapping[str, Any],
+    config: TrainConfig,
+    keys: Sequence[str] = RUN_IDENTITY,
+    where: str = "checkpoint",
+) -> list[str]:
+    """``keys`` whose value differs between a stored config (of a ``where``) and ``config``;
+    keys the stored config lacks (older runs) are not compared."""
     current = config.to_dict()
     return [
-        f"{key}: checkpoint {stored.get(key)!r}, now {current[key]!r}"
-        for key in RUN_IDENTITY
+        f"{key}: {where} {stored[key]!r}, now {current[key]!r}"
+        for key in keys
         if key in stored and stored[key] != current[key]
     ]
 
