@@ -29,28 +29,38 @@ def _value_type(section: type[Section], f: Field[Any]) -> Any:
     raise TypeError(f"{section.__name__}.{f.name}: give its option a type= or nargs=")
 
 
-def add_option(group: Any, section: type[Section], f: Field[Any]) -> None:
-    """Add the option of field ``f`` of ``section`` to ``group`` (an argparse group)."""
-    option = dict(f.metadata["option"])
-    default, help_text = field_default(f), f.metadata["help"]
-    if "type" in option or "nargs" in option:
-        kind = option.pop("type", None)
-    else:
-        kind = _value_type(section, f)
-    if kind is bool:
-        flag = option.pop("flag", f"--no-{f.name}" if default else f"--{f.name}")
+def add_option(
+    group: Any,
+    name: str,
+    *,
+    default: Any = None,
+    help: str | None = None,
+    type: Any = None,
+    flag: str | None = None,
+    **option: Any,
+) -> None:
+    """Add the option of setting ``name`` to ``group`` (an argparse group): ``--name VALUE``
+    parsed by ``type``, or for ``type=bool`` a switch (``--name`` if ``default`` is False,
+    ``--no-name`` if True); non-bool defaults are appended to the help."""
+    if type is bool:
+        flag = flag or (f"--no-{name}" if default else f"--{name}")
         option["action"] = "store_false" if default else "store_true"
     else:
-        flag = option.pop("flag", f"--{f.name}")
-        if kind is not None:
-            option["type"] = kind
-        if default is not None and help_text is not None:
-            help_text = f"{help_text} (default: {default})"
-        elif default is not None:
-            help_text = f"default: {default}"
-    flag = flag.replace("_", "-")
-    dest = {} if flag.lstrip("-").replace("-", "_") == f.name else {"dest": f.name}
-    group.add_argument(flag, default=None, help=help_text, **dest, **option)
+        flag = flag or f"--{name}"
+        if type is not None:
+            option["type"] = type
+        if default is not None:
+            help = f"{help} (default: {default})" if help else f"default: {default}"
+    group.add_argument(flag.replace("_", "-"), dest=name, default=None, help=help, **option)
+
+
+def _field_option(section: type[Section], f: Field[Any]) -> dict[str, Any]:
+    """:func:`add_option`'s arguments for field ``f``: its default, help and option
+    settings, the type from the annotation unless given (or ``nargs`` says otherwise)."""
+    option = dict(f.metadata["option"])
+    if "type" not in option and "nargs" not in option:
+        option["type"] = _value_type(section, f)
+    return dict(default=field_default(f), help=f.metadata["help"], **option)
 
 
 def add_section_options(
@@ -63,7 +73,7 @@ def add_section_options(
         group = groups[section.TITLE] = parser.add_argument_group(section.TITLE)
         for f in fields(section):  # type: ignore[arg-type]
             if f.metadata.get("cli", False) and f.name not in skip:
-                add_option(group, section, f)
+                add_option(group, f.name, **_field_option(section, f))
     return groups
 
 

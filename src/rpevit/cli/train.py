@@ -15,7 +15,7 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_only
 
-from rpevit.cli.options import add_section_options, given_values
+from rpevit.cli.options import add_option, add_section_options, given_values
 from rpevit.errors import ConfigError, TrainingInterrupted
 from rpevit.runs import CHECKPOINT_DIR, LAST, RunDir
 from rpevit.training.checkpointing import resume_checkpoint
@@ -41,9 +41,9 @@ MODEL_OPTIONS: dict[str, dict[str, Any]] = {
         type=int, help="features per head m (FAVOR+, learnable, ReLU with a learned projection)"
     ),
     "redraw_interval": dict(type=int, help="FAVOR+ feature redraw period in steps"),
-    "qk_norm": dict(action="store_true", help="l2-normalise q and k"),
+    "qk_norm": dict(type=bool, default=False, help="l2-normalise q and k"),
     "pool": dict(help="cls or mean"),
-    "ape": dict(flag="--no-ape", action="store_false", help="no absolute position embedding"),
+    "ape": dict(type=bool, default=True, help="no absolute position embedding"),
     "dropout": dict(type=float),
 }
 
@@ -55,9 +55,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, skip: Collection[str] =
     architecture = groups[ModelConfig.TITLE]
     for name, option in MODEL_OPTIONS.items():
         if name not in skip:
-            option = dict(option)
-            flag = option.pop("flag", f"--{name.replace('_', '-')}")
-            architecture.add_argument(flag, dest=name, default=None, **option)
+            add_option(architecture, name, **option)
     architecture.add_argument(
         "--option",
         type=_option,

@@ -70,11 +70,12 @@ def _stored_data(
     """The evaluation splits as the checkpoint's run made them (``dataset`` / ``data_dir`` /
     ``max_test_samples`` overriding its config)."""
     imagefolder, size = dataset == "imagefolder", info.model_kwargs.get("image_size")
+    stored = DataConfig.from_record(info.config)
     data = dataclasses.replace(
-        DataConfig.from_record(info.config),
-        data_dir=data_dir if data_dir is not None else info.config.get("data_dir"),
+        stored,
+        data_dir=data_dir if data_dir is not None else stored.data_dir,
         max_train_samples=None,
-        max_test_samples=max_test_samples or info.config.get("max_test_samples"),
+        max_test_samples=max_test_samples or stored.max_test_samples,
         download=False,
         verify_data=False,
         image_size=(size if isinstance(size, int) else None) if imagefolder else None,
