@@ -4,6 +4,7 @@ set from it, to a value other than its default, and the grid owns exactly its ow
 from __future__ import annotations
 
 import argparse
+import typing
 from dataclasses import fields
 
 import pytest
@@ -13,8 +14,18 @@ from rpevit.cli.train import MODEL_OPTIONS, add_train_arguments, config_from_arg
 from rpevit.config import field_default
 from rpevit.training.config import SECTIONS, TrainConfig
 
-#: A command-line value per field type, and the value it must become in the config.
-SAMPLES = {"int": ("7", 7), "float": ("0.25", 0.25), "str": ("abc", "abc")}
+#: A command-line value per declared field type, and the value it must become in the config.
+SAMPLES = {int: ("7", 7), float: ("0.25", 0.25), str: ("abc", "abc")}
+#: Fields whose type is not a plain one: the argv to set them and the value expected.
+SPECIAL = {"devices": (["--devices", "0,1"], [0, 1]), "resume": (["--resume"], True)}
+HINTS = typing.get_type_hints(TrainConfig)
+
+
+def _declared_type(name: str) -> type:
+    """A field's annotated type without None (``int | None`` -> int)."""
+    kinds = [k for k in typing.get_args(HINTS[name]) if k is not type(None)] or [HINTS[name]]
+    assert len(kinds) == 1, name
+    return kinds[0]
 
 
 def _train_parser() -> argparse.ArgumentParser:
@@ -38,19 +49,18 @@ def test_sections_are_the_config_fields_in_order():
 def test_every_field_option_sets_that_field(f):
     action = _flags(_train_parser())[f.name]
     default = field_default(f)
-    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+    if f.name in SPECIAL:
+        argv, expected = SPECIAL[f.name]
+    elif _declared_type(f.name) is bool:  # a switch that flips the default
+        assert isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
         argv, expected = [action.option_strings[0]], not default
-    elif f.name == "devices":
-        argv, expected = ["--devices", "0,1"], [0, 1]
-    elif f.name == "resume":
-        argv, expected = ["--resume"], True
     else:
-        kind = {int: "int", float: "float"}.get(action.type, "str")
-        text, expected = SAMPLES[kind]
+        text, expected = SAMPLES[_declared_type(f.name)]
         argv = [action.option_strings[0], text]
     assert expected != default
     config = config_from_args(_train_parser().parse_args(argv))
     assert getattr(config, f.name) == expected
+    assert type(getattr(config, f.name)) is type(expected)
     untouched = TrainConfig()
     for other in fields(TrainConfig):  # and nothing else
         if other.name not in (f.name, "model_options"):
