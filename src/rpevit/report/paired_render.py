@@ -10,7 +10,7 @@ from typing import Any
 from rpevit.atomic import atomic_write
 from rpevit.report.results_render import NA, markdown_table
 from rpevit.report.stats import ALPHA, BOOTSTRAP_SAMPLES, CONFIDENCE
-from rpevit.report.tables import pct
+from rpevit.report.tables import pct, pp
 
 #: How to read the statistics section (printed below its tables).
 METHODS = (
@@ -35,11 +35,7 @@ METHODS = (
 )
 
 
-def _pp(x: float) -> str:
-    return f"{100 * x:+.2f}"
-
-
-def _interval(ci: Sequence[float] | None, fmt: Any = _pp) -> str:
+def _interval(ci: Sequence[float] | None, fmt: Any = pp) -> str:
     return NA if ci is None else f"[{fmt(ci[0])}, {fmt(ci[1])}]"
 
 
@@ -59,7 +55,7 @@ def _comparison_table(records: Sequence[dict[str, Any]]) -> str:
         diff = NA
         if r["difference"] is not None:
             std = r["difference_std"]
-            diff = _pp(r["difference"]) + (f" ± {100 * std:.2f}" if std is not None else "")
+            diff = pp(r["difference"]) + (f" ± {100 * std:.2f}" if std is not None else "")
         discordant = NA if r["discordant"] is None else "{} / {}".format(*r["discordant"])
         body.append(
             [

@@ -9,7 +9,7 @@ from typing import Any
 
 from rpevit.atomic import atomic_write
 from rpevit.registry import PERFORMER_KERNELS, RELATIVE_POSITIONS
-from rpevit.report.tables import METRICS, Metric, applies_gap_closed, gap_closed_table, pct
+from rpevit.report.tables import METRICS, Metric, applies_gap_closed, gap_closed_table, pct, pp
 
 NA = "n/a"
 
@@ -68,7 +68,7 @@ def _comparison_markdown(table: Sequence[dict[str, Any]]) -> str:
         total += f" = {r['total_epochs']}" if r["total_epochs"] is not None else ""
         if r["scratch_epochs"] is not None and not r["equal_epochs"]:
             total += " (budgets differ)"
-        diff = NA if r["difference"] is None else f"{100 * r['difference']:+.2f}"
+        diff = NA if r["difference"] is None else pp(r["difference"])
         body.append(
             [
                 r["model"],
@@ -133,7 +133,7 @@ def markdown(
     def gap(row: dict[str, Any]) -> str:
         if not _applies_gap(row):
             return "—"
-        return NA if row["gap_to_softmax"] is None else f"{100 * row['gap_to_softmax']:+.2f}"
+        return NA if row["gap_to_softmax"] is None else pp(row["gap_to_softmax"])
 
     def closed(row: dict[str, Any]) -> str:
         if not applies_gap_closed(row):

@@ -45,6 +45,11 @@ def pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
 
+def pp(x: float) -> str:
+    """A difference of fractions in signed percentage points (``0.0123`` -> ``+1.23``)."""
+    return f"{100 * x:+.2f}"
+
+
 METRICS: tuple[Metric, ...] = (
     Metric("val_accuracy", "val acc %", _get("val_accuracy"), pct, "quality"),
     Metric("test_accuracy", "test acc %", _get("test_accuracy"), pct, "quality"),
