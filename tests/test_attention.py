@@ -17,8 +17,10 @@ from rpevit.attention import (
     linear_attention,
     orthogonal_gaussian_projection,
     relu_features,
+    schedule_redraws,
     softmax_attention,
 )
+from rpevit.attention.kernels import active_draw
 from rpevit.positions import KernelizedRPE, TokenGrid
 
 
@@ -172,7 +174,52 @@ def test_redraw_interval_zero_never_redraws():
     assert torch.equal(before, kernel.projection)
 
 
-@pytest.mark.parametrize("bad", [dict(nb_features=0), dict(redraw_interval=-1)])
+@pytest.mark.parametrize(
+    "interval, until, expected",
+    [
+        (3, None, [0, 0, 0, 1, 1, 1, 2, 2, 2, 3]),
+        (3, 7, [0, 0, 0, 1, 1, 1, 2, 2, 2, 2]),  # pass 6 < 7 still redraws, 9 does not
+        (3, 6, [0, 0, 0, 1, 1, 1, 1, 1, 1, 1]),  # until is the first pass without a redraw
+        (1, 4, [0, 1, 2, 3, 3, 3, 3, 3, 3, 3]),
+        (2, 0, [0] * 10),
+        (0, None, [0] * 10),
+    ],
+)
+def test_active_draw_per_training_pass(interval, until, expected):
+    assert [active_draw(step, interval, until) for step in range(10)] == expected
+
+
+def test_no_redraw_in_the_final_phase_of_the_schedule():
+    kernel = FavorKernel(head_dim=8, nb_features=16, redraw_interval=2, redraw_stop=0.5)
+    kernel.schedule_redraws(total_steps=11)  # no redraw from pass floor(5.5) = 5 on
+    assert kernel.redraw_until == 5
+    grid = TokenGrid(2, 2, num_prefix=0)
+    q, k, v = _qkv(b=1, h=1, n=4, d=8, dtype=torch.float32)
+    seen = [kernel.projection.clone()]
+    for _ in range(11):
+        kernel(q, k, v, None, grid)
+        seen.append(kernel.projection.clone())
+    changed = [not torch.equal(a, b) for a, b in zip(seen, seen[1:], strict=False)]
+    assert changed == [False, False, True, False, True] + [False] * 6  # passes 2 and 4 only
+    assert torch.equal(kernel.projection, kernel._draw(2))
+
+
+def test_schedule_redraws_reaches_every_favor_kernel_of_a_model():
+    from rpevit import create_model
+
+    model = create_model(
+        "favor-ape", image_size=8, in_chans=1, num_classes=2, patch_size=4, dim=16, depth=2,
+        heads=2, mlp_dim=16, redraw_stop=0.25,
+    )  # fmt: skip
+    schedule_redraws(model, 100)
+    kernels = [m for m in model.modules() if isinstance(m, FavorKernel)]
+    assert len(kernels) == 2 and all(k.redraw_until == 25 for k in kernels)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [dict(nb_features=0), dict(redraw_interval=-1), dict(redraw_stop=-0.1), dict(redraw_stop=1.5)],
+)
 def test_favor_kernel_rejects_bad_hyperparameters(bad):
     with pytest.raises(ValueError, match="must be"):
         FavorKernel(head_dim=8, **bad)

@@ -274,12 +274,13 @@ class Crash(L.Callback):
 def test_resume_mid_epoch_gives_identical_results(tmp_path):
     # FAVOR+ with feature redraws and dropout: exactness needs the feature buffers, the
     # data order, the augmentation and the global RNG to be restored, not just the weights.
+    # The resumed part crosses redraws (passes 4 and 6) and the end of redraws (pass 7 of 10).
     overrides = dict(
         model="favor-ape",
         max_train_samples=320,
         epochs=2,
         checkpoint_every_n_steps=3,
-        model_options={"redraw_interval": 2, "dropout": 0.1, "nb_features": 16},
+        model_options={"redraw_interval": 2, "redraw_stop": 0.7, "dropout": 0.1, "nb_features": 16},
         **TINY,
     )
     reference = train(tiny_run(tmp_path, run_name="straight", **overrides))  # 5 steps/epoch
@@ -297,6 +298,20 @@ def test_resume_mid_epoch_gives_identical_results(tmp_path):
     crashed = load_checkpoint(tmp_path / "crashed" / "checkpoints" / "last.ckpt")["state_dict"]
     assert straight.keys() == crashed.keys()
     assert all(torch.equal(straight[k], crashed[k]) for k in straight)
+    # the schedule reached the kernel: the last draw is number 3 (pass 6), not 4 (pass 8)
+    model = create_model("favor-ape", image_size=28, in_chans=1, num_classes=10, **TINY,
+                         nb_features=16)  # fmt: skip
+    kernel = model.blocks[0].attn.kernel
+    kernel.feature_seed.copy_(straight["model.blocks.0.attn.kernel.feature_seed"])
+    assert torch.equal(straight["model.blocks.0.attn.kernel.projection"], kernel._draw(3))
+
+
+def test_the_redraw_policy_is_recorded_for_favor_models_only(tmp_path):
+    favor = resolve_config(tiny_run(tmp_path, model="favor-ape", **TINY))
+    assert favor.model_options == {"redraw_interval": 1000, "redraw_stop": 1.0}
+    given = tiny_run(tmp_path, model="favor-rpe", model_options={"redraw_interval": 0})
+    assert resolve_config(given).model_options == {"redraw_interval": 0, "redraw_stop": 1.0}
+    assert resolve_config(tiny_run(tmp_path, model="relu-ape")).model_options == {}
 
 
 # --- experiments/train_baseline.py and training curves -----

@@ -11,6 +11,8 @@ from typing import Any
 from torch import nn
 
 from rpevit.attention.kernels import (
+    DEFAULT_REDRAW_INTERVAL,
+    DEFAULT_REDRAW_STOP,
     AttentionKernel,
     ExpKernel,
     FavorKernel,
@@ -38,7 +40,7 @@ KERNELS: dict[str, tuple[Callable[..., AttentionKernel], tuple[str, ...]]] = {
     "softmax": (lambda config, shared: SoftmaxKernel(), ()),
     "favor": (
         lambda config, shared, **o: FavorKernel(config.head_dim, **o),
-        ("nb_features", "redraw_interval", "rpe_method"),
+        ("nb_features", "redraw_interval", "redraw_stop", "rpe_method"),
     ),
     "relu": (
         lambda config, shared, **o: ReluKernel(config.head_dim, **o),
@@ -50,6 +52,12 @@ KERNELS: dict[str, tuple[Callable[..., AttentionKernel], tuple[str, ...]]] = {
         ("nb_features", "rpe_method"),
     ),
     "linformer": (_linformer, ("linformer_k", "linformer_sharing")),
+}
+
+#: Kernel options that are part of the training recipe: a run's config records them even when
+#: they keep their default, so a later change of default cannot pass for the same recipe.
+RECIPE_OPTIONS: dict[str, dict[str, Any]] = {
+    "favor": {"redraw_interval": DEFAULT_REDRAW_INTERVAL, "redraw_stop": DEFAULT_REDRAW_STOP},
 }
 
 #: position name -> (constructor(config, **options), options it accepts)

@@ -276,6 +276,24 @@ class RunDir:
                 logs[int(version)] = path
         return [logs[k] for k in sorted(logs)]
 
+    def record_files(self, extra: tuple[str, ...] = (), predictions: bool = True) -> list[Path]:
+        """The run's records, relative to its folder: config, metrics, evaluation, test
+        predictions (unless ``predictions`` is False), CSV logs and the ``extra`` files there
+        are; not checkpoints or TensorBoard events (what a repository keeps of a run)."""
+        names = [CONFIG, METRICS, EVALUATION, *([PREDICTIONS] if predictions else []), *extra]
+        files = [self.path / n for n in names if (self.path / n).is_file()] + self.csv_logs()
+        return [f.relative_to(self.path) for f in files]
+
+    def copy_records(
+        self, dest: Path, extra: tuple[str, ...] = (), predictions: bool = True
+    ) -> None:
+        """Copy :meth:`record_files` to the same places below ``dest`` (atomically each)."""
+        for name in self.record_files(extra, predictions):
+            target = Path(dest) / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_write(target) as f:
+                f.write((self.path / name).read_bytes())
+
     def curves(self, by: Literal["step", "epoch"] = "step") -> dict[str, dict[int, float]]:
         """``{column: {step or epoch: value}}`` of every logged number (empty, non-numeric and
         non-finite cells left out); a later start's value for a step or epoch replaces the

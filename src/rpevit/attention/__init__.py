@@ -10,7 +10,13 @@ from rpevit.attention.functional import (
     relu_features,
     softmax_attention,
 )
-from rpevit.attention.kernels import AttentionKernel, FavorKernel, ReluKernel, SoftmaxKernel
+from rpevit.attention.kernels import (
+    AttentionKernel,
+    FavorKernel,
+    ReluKernel,
+    SoftmaxKernel,
+    schedule_redraws,
+)
 from rpevit.attention.module import Attention
 from rpevit.attention.toeplitz import rpe_linear_attention
 
@@ -28,5 +34,6 @@ __all__ = [
     "orthogonal_gaussian_projection",
     "relu_features",
     "rpe_linear_attention",
+    "schedule_redraws",
     "softmax_attention",
 ]

@@ -79,32 +79,53 @@ class LinearKernel(AttentionKernel):
         return relative.linear(qf, kf, v, self.rpe_method)
 
 
+#: Default FAVOR+ redraw policy (README "Redraw policy", measured on CIFAR-10): a new projection
+#: every ``DEFAULT_REDRAW_INTERVAL`` training steps, none after ``DEFAULT_REDRAW_STOP`` of them.
+DEFAULT_REDRAW_INTERVAL = 1000
+DEFAULT_REDRAW_STOP = 1.0
+
+
+def active_draw(step: int, interval: int, until: int | None) -> int:
+    """Index of the projection draw used by training forward pass ``step`` (0-based): draw
+    ``s // interval`` is made at every pass ``s > 0`` that is a multiple of ``interval`` and
+    comes before ``until`` (None: no end); ``interval == 0`` never redraws."""
+    if interval == 0:
+        return 0
+    last = step if until is None else min(step, until - 1)
+    return max(0, last // interval)
+
+
 class FavorKernel(LinearKernel):
     """FAVOR+ positive orthogonal random features, an unbiased estimator of softmax attention.
 
     The projection is a buffer (saved in checkpoints). In training mode it is redrawn every
-    ``redraw_interval`` forward passes (0 = never); draws are a deterministic function of
-    ``(feature_seed, draw index)``, so resumed and data-parallel runs see identical features.
-    The pass counter ``steps`` is a Python int (no device sync per forward), checkpointed as the
-    module's extra state; checkpoints from when it was a ``steps`` buffer still load.
+    ``redraw_interval`` forward passes (0 = never), but not in the final ``1 - redraw_stop`` of
+    the training schedule, once :meth:`schedule_redraws` has told it the schedule's length: a
+    late redraw replaces the kernel the model adapted to when the learning rate is too low to
+    re-adapt. Draws are a deterministic function of ``(feature_seed, draw index)``, so resumed
+    and data-parallel runs see identical features. The pass counter ``steps`` is a Python int
+    (no device sync per forward), checkpointed as the module's extra state; checkpoints from
+    when it was a ``steps`` buffer still load.
     """
 
     def __init__(
         self,
         head_dim: int,
         nb_features: int | None = None,
-        redraw_interval: int = 1000,
+        redraw_interval: int = DEFAULT_REDRAW_INTERVAL,
+        redraw_stop: float = DEFAULT_REDRAW_STOP,
         rpe_method: str = "auto",
     ) -> None:
         super().__init__(rpe_method)
         nb_features = random_feature_count(head_dim, nb_features)
         if redraw_interval < 0:
             raise ValueError(f"redraw_interval must be >= 0, got {redraw_interval}")
-        self.head_dim, self.nb_features, self.redraw_interval = (
-            head_dim,
-            nb_features,
-            redraw_interval,
-        )
+        if not 0 <= redraw_stop <= 1:
+            raise ValueError(f"redraw_stop must be a fraction in [0, 1], got {redraw_stop}")
+        self.head_dim, self.nb_features = head_dim, nb_features
+        self.redraw_interval, self.redraw_stop = redraw_interval, redraw_stop
+        #: first training pass with no more redraws (None: no schedule known, no end)
+        self.redraw_until: int | None = None
         self.register_buffer("feature_seed", torch.randint(0, 2**31 - 1, ()))
         self.register_buffer("projection", self._draw(0))
         self.steps = 0
@@ -117,6 +138,10 @@ class FavorKernel(LinearKernel):
     @property
     def feature_count(self) -> int:
         return self.nb_features
+
+    def schedule_redraws(self, total_steps: int) -> None:
+        """Stop redrawing at pass ``redraw_stop * total_steps`` of a ``total_steps`` schedule."""
+        self.redraw_until = math.floor(self.redraw_stop * total_steps)
 
     def redraw(self, index: int) -> None:
         """Replace the projection by draw number ``index`` (off the hot path: every N steps)."""
@@ -133,14 +158,25 @@ class FavorKernel(LinearKernel):
 
     @torch.compiler.disable  # Python-side bookkeeping: compiled graphs must not guard on steps
     def _count_step(self) -> None:
-        if self.steps > 0 and self.steps % self.redraw_interval == 0:
-            self.redraw(self.steps // self.redraw_interval)
+        draw = active_draw(self.steps, self.redraw_interval, self.redraw_until)
+        if self.steps > 0 and draw != active_draw(
+            self.steps - 1, self.redraw_interval, self.redraw_until
+        ):
+            self.redraw(draw)
         self.steps += 1
 
     def forward(self, q, k, v, relative, grid):
         if self.training and self.redraw_interval > 0:
             self._count_step()
         return super().forward(q, k, v, relative, grid)
+
+
+def schedule_redraws(model: nn.Module, total_steps: int) -> None:
+    """Tell every FAVOR+ kernel in ``model`` that training lasts ``total_steps`` forward passes,
+    so that none redraws in the final phase (call it before training, as ``fit`` does)."""
+    for module in model.modules():
+        if isinstance(module, FavorKernel):
+            module.schedule_redraws(total_steps)
 
 
 def _steps_buffer_to_extra_state(module, state_dict, prefix, *args) -> None:

@@ -40,7 +40,12 @@ MODEL_OPTIONS: dict[str, dict[str, Any]] = {
     "nb_features": dict(
         type=int, help="features per head m (FAVOR+, learnable, ReLU with a learned projection)"
     ),
-    "redraw_interval": dict(type=int, help="FAVOR+ feature redraw period in steps"),
+    "redraw_interval": dict(
+        type=int, help="FAVOR+: redraw the random projection every N training steps (0: never)"
+    ),
+    "redraw_stop": dict(
+        type=float, help="FAVOR+: no redraw after this fraction of the training steps"
+    ),
     "qk_norm": dict(type=bool, default=False, help="l2-normalise q and k"),
     "pool": dict(help="cls or mean"),
     "ape": dict(type=bool, default=True, help="no absolute position embedding"),

@@ -22,6 +22,7 @@ from rpevit.config import Section, setting
 from rpevit.data import get_spec, list_datasets
 from rpevit.data.config import DataConfig
 from rpevit.errors import ConfigError
+from rpevit.registry import RECIPE_OPTIONS, parse_model_name
 from rpevit.runs import LAST
 from rpevit.training.module import build_model
 from rpevit.training.presets import MIN_STEPS, PRESETS
@@ -91,8 +92,9 @@ class ModelConfig(Section):
     depth: int | None = setting(help="transformer blocks")
     heads: int | None = setting(help="attention heads (must divide dim)")
     mlp_dim: int | None = setting(help="hidden width of each block's MLP")
-    #: further ``create_model`` options: nb_features, redraw_interval, qk_norm, pool, ape,
-    #: dropout, feature_projection, rpe_method, rope_mode, ... (None values are dropped)
+    #: further ``create_model`` options: nb_features, redraw_interval, redraw_stop, qk_norm,
+    #: pool, ape, dropout, feature_projection, rpe_method, rope_mode, ... (None values are
+    #: dropped; the kernel's RECIPE_OPTIONS are always recorded)
     model_options: dict[str, Any] = setting(factory=dict, cli=False)
 
     def model_kwargs(self, num_classes: int, in_chans: int, image_size: int) -> dict[str, Any]:
@@ -231,6 +233,9 @@ def resolve_config(config: TrainConfig | Mapping[str, Any]) -> TrainConfig:
     models = rpevit.list_available_models()
     if config.model not in models:
         raise ConfigError(f"unknown model {config.model!r}; choose one of {', '.join(models)}")
+    for key, value in RECIPE_OPTIONS.get(parse_model_name(config.model)[0], {}).items():
+        if config.model_options.get(key) is None:
+            config.model_options[key] = value
     spec = get_spec(config.dataset)
     if config.preset not in PRESETS:
         raise ConfigError(f"unknown preset {config.preset!r}; choose one of {', '.join(PRESETS)}")

@@ -15,6 +15,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from rpevit.attention import schedule_redraws
 from rpevit.errors import ConfigError, NonFiniteLossError, RpevitError
 
 #: Parameters whose name contains one of these are position tables / frequencies / tokens:
@@ -199,6 +200,7 @@ class ImageClassifier(L.LightningModule):
             warmup_cosine, warmup_steps=warmup, total_steps=total, min_ratio=hp.min_lr_ratio
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        schedule_redraws(self.model, total)  # FAVOR+: no redraw in the schedule's final phase
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},

@@ -1,0 +1,180 @@
+"""The FAVOR+ redraw-policy measurement (README "Redraw policy"): how a policy's trained runs
+end on the validation split, and how much their accuracy depends on the projection draw.
+
+A policy study is a folder of grids ``e<epochs>-<policy>/`` (``scripts/redraw-policy.sh``).
+For every finished run, :func:`draw_spread` evaluates ``last.ckpt`` on the validation split
+with its stored projection and with ``draws`` fresh ones (indices no training run reaches)
+and writes ``redraw_draws.json`` beside the run's records; :func:`policy_rows` then reads,
+per run, the best and final validation accuracy of its curve and that spread, and
+:func:`write_policy_report` aggregates them per (budget, policy, model) over seeds.
+
+``python -m rpevit.experiments.redraw STUDY_FOLDER [--out DIR] [--draws K]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import re
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rpevit.atomic import atomic_write, write_json_atomic
+from rpevit.attention.kernels import FavorKernel
+from rpevit.data import DataConfig, ImageDataModule
+from rpevit.runs import RunDir, finished_runs
+from rpevit.training.inference import load_model, predict
+
+#: Draw indices for evaluation-time draws: far beyond any training run's redraw count.
+EVAL_DRAW_BASE = 10**9
+DRAWS_FILE = "redraw_draws.json"
+GRID_NAME = re.compile(r"e(?P<epochs>\d+)-(?P<policy>[\w.-]+)")
+
+
+def _val_accuracy(model: torch.nn.Module, datamodule: ImageDataModule) -> float:
+    logits, labels = predict(model, datamodule.loader("val"))
+    return float((logits.argmax(-1) == labels).double().mean())
+
+
+def draw_spread(run: RunDir, draws: int = 5) -> dict[str, Any]:
+    """Validation accuracy of ``run``'s ``last.ckpt`` with its stored projection and with
+    ``draws`` fresh ones (the same draw index in every layer's own seed), written to
+    ``redraw_draws.json`` in the run folder and returned."""
+    model, info = load_model(run.last)
+    datamodule = ImageDataModule.from_config(
+        info.config["dataset"], DataConfig.from_record(info.config), eval_batch_size=500
+    )
+    kernels = [m for m in model.modules() if isinstance(m, FavorKernel)]
+    stored = _val_accuracy(model, datamodule)
+    fresh = []
+    for index in range(draws):
+        for kernel in kernels:
+            kernel.redraw(EVAL_DRAW_BASE + index)
+        fresh.append(_val_accuracy(model, datamodule))
+    record = {"stored_draw_val_accuracy": stored, "fresh_draw_val_accuracy": fresh}
+    write_json_atomic(run.path / DRAWS_FILE, record)
+    return record
+
+
+def policy_rows(study: Path) -> list[dict[str, Any]]:
+    """One row per finished run of the study folder: budget, policy, model, seed, its redraw
+    options, best / final validation accuracy (epoch curve) and the draw spread if measured."""
+    rows = []
+    for run in finished_runs(study):
+        grid = GRID_NAME.fullmatch(run.path.relative_to(study).parts[0])
+        config, metrics = run.read_config() or {}, run.read_metrics()
+        if grid is None or metrics is None:
+            continue
+        val = run.curves("epoch").get("val/acc", {})
+        if not val:
+            continue
+        best_epoch = max(val, key=lambda e: (val[e], -e))
+        path = run.path / DRAWS_FILE
+        draws = json.loads(path.read_text()) if path.is_file() else {}
+        fresh = draws.get("fresh_draw_val_accuracy") or []
+        options = config.get("model_options", {})
+        rows.append(
+            {
+                "epochs": int(grid["epochs"]),
+                "policy": grid["policy"],
+                "redraw_interval": options.get("redraw_interval"),
+                "redraw_stop": options.get("redraw_stop"),
+                "model": metrics.model,
+                "seed": metrics.seed,
+                "best_val": val[best_epoch],
+                "best_epoch": best_epoch + 1,
+                "final_val": val[max(val)],
+                "final_epoch": max(val) + 1,
+                "stored_draw_val": draws.get("stored_draw_val_accuracy"),
+                "fresh_draw_val_mean": statistics.fmean(fresh) if fresh else None,
+                "fresh_draw_val_min": min(fresh) if fresh else None,
+                "fresh_draw_val_max": max(fresh) if fresh else None,
+            }
+        )
+    return sorted(rows, key=lambda r: (r["epochs"], r["policy"], r["model"], r["seed"]))
+
+
+def _pct(values: list[float]) -> str:
+    """``mean ± std`` in percent over seeds (std over fewer than two values: omitted)."""
+    mean = 100 * statistics.fmean(values)
+    return (
+        f"{mean:.2f} ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else f"{mean:.2f}"
+    )
+
+
+def summary_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table per (budget, policy, model): final and best validation accuracy over
+    seeds, how many runs ended below their best by > 2 pp, and the fresh-draw spread."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        key = (row["epochs"], row["policy"], row["redraw_interval"], row["redraw_stop"])
+        groups.setdefault((*key, row["model"]), []).append(row)
+    lines = [
+        "| epochs | policy | interval | stop | model | seeds | final val % | best val % "
+        "| final < best - 2 pp | fresh-draw val % (mean; min..max over draws x seeds) |",
+        "| ---: | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for (epochs, policy, interval, stop, model), group in sorted(groups.items()):
+        final, best = [r["final_val"] for r in group], [r["best_val"] for r in group]
+        drops = sum(r["final_val"] < r["best_val"] - 0.02 for r in group)
+        measured = [r for r in group if r["fresh_draw_val_mean"] is not None]
+        spread = "—"
+        if measured:
+            low = min(r["fresh_draw_val_min"] for r in measured)
+            high = max(r["fresh_draw_val_max"] for r in measured)
+            mean = statistics.fmean(r["fresh_draw_val_mean"] for r in measured)
+            spread = f"{100 * mean:.2f}; {100 * low:.2f}..{100 * high:.2f}"
+        lines.append(
+            f"| {epochs} | {policy} | {interval} | {stop} | {model} | {len(group)} "
+            f"| {_pct(final)} | {_pct(best)} | {drops} | {spread} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_policy_report(study: Path, out: Path) -> list[dict[str, Any]]:
+    """``policy.md`` (summary table) and ``policy.csv`` (one row per run) in ``out``."""
+    rows = policy_rows(study)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out / "policy.md", "w") as f:
+        f.write(summary_table(rows))
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    with atomic_write(out / "policy.csv", "w") as f:
+        f.write(buffer.getvalue())
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("study", type=Path, help="folder of e<epochs>-<policy>/ grids")
+    parser.add_argument("--out", type=Path, help="report folder (default: STUDY/report)")
+    parser.add_argument("--draws", type=int, default=5, help="fresh evaluation draws per run")
+    parser.add_argument(
+        "--records",
+        type=Path,
+        help="also copy every finished run's records (no checkpoints) to RECORDS/<grid>/...",
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    out = args.out or args.study / "report"
+    for run in finished_runs(args.study):
+        if run.last.is_file() and not (run.path / DRAWS_FILE).is_file():
+            draw_spread(run, args.draws)
+        if args.records is not None:
+            dest = args.records / run.path.relative_to(args.study)
+            run.copy_records(dest, (DRAWS_FILE,), predictions=False)  # validation study
+    write_policy_report(args.records or args.study, out)
+    print(out.joinpath("policy.md").read_text(), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
