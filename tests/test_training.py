@@ -15,6 +15,7 @@ from rpevit import create_model
 from rpevit.cli.evaluate import add_evaluate_arguments
 from rpevit.cli.train import add_train_arguments, config_from_args
 from rpevit.errors import CheckpointError, ConfigError, DataNotFoundError
+from rpevit.runs import RunDir
 from rpevit.training import evaluate, load_checkpoint, resolve_config, train
 from rpevit.training.config import apply_min_steps, check_precision
 from rpevit.training.module import param_groups, warmup_cosine
@@ -249,15 +250,47 @@ def test_end_to_end_training_writes_a_complete_run(tmp_path):
         2 * metrics["params"]["trainable"] - 2 * metrics["log_likelihood"]
     )
     assert metrics["train_seconds_per_epoch"] > 0 and len(metrics["train_seconds_epochs"]) == 4
+    # the final state beside the best: last.ckpt's epoch and its logged validation accuracy
+    val = RunDir(run).curves("epoch")["val/acc"]
+    assert metrics["last_checkpoint_epoch"] == 3 == max(val)
+    assert metrics["last_val_accuracy"] == pytest.approx(val[3], abs=1e-6)
+    assert metrics["val_accuracy"] == pytest.approx(val[metrics["checkpoint_epoch"]], abs=1e-6)
+    if metrics["checkpoint_epoch"] == 3:  # best is last: the same model
+        assert metrics["last_test_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
     assert json.loads((run / "config.json").read_text())["dim"] == 64
 
     again = evaluate(run)  # the stand-alone evaluation reproduces the numbers
     assert again["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
     assert again["log_likelihood"] == pytest.approx(metrics["log_likelihood"], rel=1e-6)
     assert again["train_seconds_per_epoch"] == pytest.approx(metrics["train_seconds_per_epoch"])
+    for key in ("last_checkpoint_epoch", "last_val_accuracy", "last_test_accuracy"):
+        assert again[key] == pytest.approx(metrics[key]), key
 
     with pytest.raises(ConfigError, match="already has checkpoints"):
         train(tiny_run(tmp_path, run_name="e2e"))
+
+
+class Scramble(L.Callback):
+    """Overwrites every weight with noise at the start of epoch ``epoch``: the run ends far
+    below its best (a collapse like a late FAVOR+ redraw's)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        if trainer.current_epoch == self.epoch:
+            with torch.no_grad():
+                for param in module.parameters():
+                    param.normal_(0, 1)
+
+
+def test_a_run_that_ends_below_its_best_records_its_final_state(tmp_path):
+    metrics = train(tiny_run(tmp_path, run_name="drop", epochs=3), callbacks=[Scramble(2)])
+    val = RunDir(tmp_path / "drop").curves("epoch")["val/acc"]
+    assert metrics["checkpoint_epoch"] < 2 == metrics["last_checkpoint_epoch"]
+    assert metrics["last_val_accuracy"] == pytest.approx(val[2], abs=1e-6)
+    assert metrics["last_val_accuracy"] < metrics["val_accuracy"] - 0.1
+    assert metrics["last_test_accuracy"] < metrics["test_accuracy"] - 0.1
 
 
 class Crash(L.Callback):

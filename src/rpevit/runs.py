@@ -8,7 +8,8 @@ A run lives in one folder (``<out>/<run_name>``)::
                                --resume uses it (best.ckpt if it is unreadable)
     logs/tensorboard/          TensorBoard events (a resumed run appends)
     logs/csv/version_<k>/      metrics.csv per start (0: first, 1: first resume, ...)
-    metrics.json               test metrics of best.ckpt (DESIGN.md section 6)
+    metrics.json               test metrics of best.ckpt (DESIGN.md section 6), and the epoch,
+                               validation and test accuracy of last.ckpt
     test_predictions.npz       per test image (test-set order) of best.ckpt: true label,
                                predicted class, log-probability of the true class
     evaluation.json            written by ``rpevit evaluate RUN`` (e.g. resolution transfer)
@@ -92,6 +93,11 @@ class Metrics:
     hardware: dict[str, Any] | None = None
     software: dict[str, Any] | None = None
     train_seconds_epochs: list[float] | None = None
+    #: the final state (``last.ckpt``) beside the best one: a run that ended below its best
+    #: shows here (epoch 0-based, like ``checkpoint_epoch``)
+    last_checkpoint_epoch: int | None = None
+    last_val_accuracy: float | None = None
+    last_test_accuracy: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -117,7 +123,15 @@ class Metrics:
 
 
 #: Metrics fields that older runs or other code paths lack: absent from the file when None.
-_WRITTEN_WHEN_SET = ("resolution_transfer", "hardware", "software", "train_seconds_epochs")
+_WRITTEN_WHEN_SET = (
+    "resolution_transfer",
+    "hardware",
+    "software",
+    "train_seconds_epochs",
+    "last_checkpoint_epoch",
+    "last_val_accuracy",
+    "last_test_accuracy",
+)
 
 
 @dataclass(frozen=True)

@@ -165,6 +165,34 @@ def measure(
     )
 
 
+def record_last_checkpoint(
+    metrics: Metrics,
+    last: Path,
+    datamodule: ImageDataModule | None = None,
+    device: torch.device | str | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+) -> None:
+    """Add the epoch, validation and test accuracy of ``last`` (the run's final state) to the
+    best checkpoint's ``metrics``; with them the report tells a run that ended below its best.
+    The data come from ``datamodule``, else from the checkpoint's config (``data_dir``
+    overriding its folder)."""
+    device = resolve_device(device)
+    model, info = load_model(last, device)
+    if datamodule is None:
+        datamodule = _stored_data(info, info.config.get("dataset", "mnist"), data_dir, None)
+    spec, data = datamodule.spec, datamodule.data
+    assert data is not None
+    accuracies = []
+    for split in (data.val, data.test):
+        loader = InMemoryLoader(
+            split, datamodule.eval_batch_size, BatchTransform(spec.mean, spec.std), device=device
+        )
+        logits, labels = predict(model, loader)
+        accuracies.append(float((logits.argmax(-1) == labels).double().mean()))
+    metrics.last_checkpoint_epoch = info.epoch
+    metrics.last_val_accuracy, metrics.last_test_accuracy = accuracies
+
+
 def evaluate_checkpoint(
     ckpt_path: str | os.PathLike[str],
     *,
@@ -244,6 +272,8 @@ def evaluate(
     if last.is_file() and last != ckpt:
         timer = timer_state(load_checkpoint(last))
         metrics.train_seconds_per_epoch = timer.mean_seconds if timer else None
+    if last.is_file() and own_test_set:
+        record_last_checkpoint(metrics, last, device=device, data_dir=data_dir)
     if out is not None:
         write_json_atomic(out, metrics.to_dict())
     return metrics.to_dict()

@@ -39,7 +39,7 @@ from rpevit.training.config import (
     identity_mismatch,
     resolve_config,
 )
-from rpevit.training.evaluation import evaluate_checkpoint
+from rpevit.training.evaluation import evaluate_checkpoint, record_last_checkpoint
 from rpevit.training.module import ImageClassifier
 
 #: Lightning DDP strategy names -> process start method (see :func:`_strategy`).
@@ -232,6 +232,8 @@ def train(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[L.Call
     )
     metrics.train_seconds_per_epoch = timer.mean_seconds
     metrics.train_seconds_epochs = timer.epoch_seconds
+    if run.last.is_file():
+        record_last_checkpoint(metrics, run.last, datamodule, trainer.strategy.root_device)
     run.write_metrics(metrics)
     return metrics.to_dict()
 
