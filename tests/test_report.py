@@ -327,3 +327,53 @@ def test_gap_closed_covers_the_linear_cost_frpe_rows():
     table = gap_closed_table(rows)
     assert table["favor"]["frpe"] == pytest.approx(0.5)
     assert table["relu"]["frpe"] is None  # relu-ape is not behind softmax-ape
+
+
+def _set_curve(run: Path, val_acc: list[float]) -> None:
+    """Replace the run's CSV log by one with this validation accuracy per epoch."""
+    lines = ["epoch,step,val/acc,val/loss"]
+    lines += [f"{e},{10 * e + 9},{acc},{1 - acc}" for e, acc in enumerate(val_acc)]
+    (run / "logs" / "csv" / "version_0" / "metrics.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_the_report_warns_about_runs_that_did_not_end_at_their_best(tmp_path):
+    root = tmp_path / "runs"
+    curves = {
+        ("softmax-ape", 1): [0.40, 0.50, 0.55],  # rising: no warning
+        ("softmax-ape", 2): [0.41, 0.52, 0.56],
+        ("favor-ape", 1): [0.45, 0.53, 0.41],  # collapse in the last epoch
+        ("favor-ape", 2): [0.44, 0.54, 0.55],
+        ("relu-ape", 1): [0.40, 0.52, 0.51],  # best epoch 2 of 3, only 1 pp below
+    }
+    for (model, seed), curve in curves.items():
+        best = max(range(3), key=lambda e: curve[e])
+        run = write_run(root, model, seed, 0.5, checkpoint_epoch=best,
+                        last_test_accuracy=curve[-1] - 0.01)  # fmt: skip
+        _set_curve(run, curve)
+    out = tmp_path / "report"
+    summary = build_report(root, out, data_dir=tmp_path / "no-data")
+    assert summary["warnings"] == [
+        "WARNING: favor-ape did not end at its best (seed 1: best epoch 2 of 3, "
+        "final val 41.00% vs best 53.00%)",
+        "WARNING: relu-ape did not end at its best (seed 1: best epoch 2 of 3)",
+    ]
+    text = (out / "results.md").read_text()
+    assert all(line in text for line in summary["warnings"])
+    assert text.index("WARNING: favor-ape") < text.index("## Accuracy and statistical fit")
+    favor = summary["endings"]["favor-ape"]
+    assert favor["best_epochs"] == [2, 3] and favor["final_epochs"] == [3, 3]
+    assert favor["final_val_accuracy_mean"] == pytest.approx((0.41 + 0.55) / 2)
+    assert favor["best_val_accuracy_mean"] == pytest.approx((0.53 + 0.55) / 2)
+    assert favor["last_test_accuracy_mean"] == pytest.approx((0.40 + 0.54) / 2)
+    assert "| favor-ape | 2, 3 of 3 | 54.00 ± 1.41 | 48.00 ± 9.90 |" in text
+    with (out / "results.csv").open() as f:
+        rows = {row["model"]: row for row in csv.DictReader(f)}
+    assert (
+        rows["favor-ape"]["best_epochs"] == "2 3" and rows["softmax-ape"]["ending_warnings"] == ""
+    )
+    assert float(rows["relu-ape"]["final_val_accuracy_mean"]) == pytest.approx(0.51)
+    # a rising curve alone: no warning line at all
+    rising = tmp_path / "rising"
+    _set_curve(write_run(rising, "softmax-ape", 1, 0.5), [0.4, 0.5, 0.6])
+    assert build_report(rising, tmp_path / "r2", data_dir=tmp_path / "no-data")["warnings"] == []
+    assert "WARNING" not in (tmp_path / "r2" / "results.md").read_text()

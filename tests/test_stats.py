@@ -21,9 +21,11 @@ from rpevit.report.paired import comparisons, gap_closed_intervals
 from rpevit.report.runs import read_predictions
 from rpevit.report.stats import (
     bootstrap_means,
+    equivalence_margin,
     holm,
     mcnemar_p,
     paired_difference,
+    paired_t_p,
     percentile_interval,
     sign_flip_p,
     t_interval,
@@ -118,6 +120,30 @@ def test_paired_difference_uses_common_seeds_only():
     assert shifted["std"] == pytest.approx(0.0, abs=1e-12)
     one = paired_difference({1: 0.9}, {1: 0.8})
     assert one["mean"] == pytest.approx(0.1) and one["std"] is None and one["ci"] is None
+
+
+def t_2(t: float) -> float:
+    """Student t CDF with 2 degrees of freedom in closed form."""
+    return 0.5 + t / (2 * math.sqrt(2 + t * t))
+
+
+def test_paired_t_test_and_equivalence_margin_by_hand():
+    diffs = [0.01, 0.02, 0.03]  # mean 0.02, sd 0.01, se 0.01 / sqrt(3), t = 2 sqrt(3)
+    t = 0.02 / (0.01 / math.sqrt(3))
+    assert paired_t_p(diffs) == pytest.approx(2 * (1 - t_2(t)), abs=1e-12)  # 0.07418
+    assert paired_t_p([-d for d in diffs]) == pytest.approx(paired_t_p(diffs), abs=1e-15)
+    # TOST at level a: margin |mean| + t_{1-a, 2} se, with t_q^2 = 2 c^2 / (1 - c^2), c = 2q - 1
+    for alpha in (0.05, 0.05 / 22):
+        c = 1 - 2 * alpha
+        quantile = math.sqrt(2 * c * c / (1 - c * c))
+        expected = 0.02 + quantile * 0.01 / math.sqrt(3)
+        assert equivalence_margin(diffs, alpha) == pytest.approx(expected, abs=1e-12)
+    assert equivalence_margin([-d for d in diffs]) == pytest.approx(equivalence_margin(diffs))
+    assert paired_t_p([0.01, 0.01]) == 0.0 and paired_t_p([0.0, 0.0]) == 1.0
+    assert paired_t_p([0.1]) is None and equivalence_margin([0.1]) is None
+    assert paired_difference({1: 0.9, 2: 0.8, 3: 0.9}, {1: 0.89, 2: 0.78, 3: 0.87})[
+        "p"
+    ] == pytest.approx(paired_t_p(diffs), abs=1e-9)
 
 
 def binomial_two_sided(b: int, c: int) -> float:
@@ -262,6 +288,47 @@ def test_comparisons_keep_options_and_feature_counts(tmp_path):
     assert records[("favor-rpe m=16", "favor-ape m=16")]["p_value"] == 1.0  # both always right
     missing = records[("favor-rope rope_mode=mixed", "favor-ape rope_mode=mixed")]
     assert missing["notes"] == ["no favor-ape rope_mode=mixed runs"]
+
+
+def test_seed_level_holm_over_the_declared_family(tmp_path):
+    flags = np.ones(10, bool)
+    accuracy = {  # per seed 1, 2, 3
+        "softmax-ape": (0.90, 0.91, 0.92),
+        "softmax-rpe": (0.91, 0.91, 0.94),
+        "favor-ape": (0.88, 0.90, 0.90),
+        "favor-rpe": (0.90, 0.93, 0.93),
+        "exp-ape": (0.80, 0.81, 0.85),  # not a study kernel: outside the family
+    }
+    for model, values in accuracy.items():
+        for seed, acc in zip((1, 2, 3), values, strict=True):
+            write_run(tmp_path, model, seed, flags, accuracy=acc, predictions=False)
+    for seed, acc in zip((1, 2, 3), (0.7, 0.8, 0.75), strict=True):  # an option variant
+        write_run(tmp_path, "favor-ape", seed, flags, accuracy=acc, predictions=False,
+                  options={"nb_features": 16})  # fmt: skip
+    _, records, _ = analyse(tmp_path)
+    family = [
+        ("favor-ape", "softmax-ape"),
+        ("favor-rpe", "softmax-rpe"),
+        ("softmax-rpe", "softmax-ape"),
+        ("favor-rpe", "favor-ape"),
+    ]
+    assert sorted(k for k, r in records.items() if r["family"]) == sorted(family)
+    differences = {
+        key: [a - b for a, b in zip(accuracy[key[0]], accuracy[key[1]], strict=True)]
+        for key in family
+    }
+    p = [paired_t_p(differences[key]) for key in family]
+    for key, expected in zip(family, holm(p), strict=True):
+        record = records[key]
+        assert record["seed_p"] == pytest.approx(paired_t_p(differences[key]), abs=1e-12)
+        assert record["seed_p_holm"] == pytest.approx(expected, abs=1e-12)
+        assert record["seed_significant"] == (expected < 0.05)
+        margin = equivalence_margin(differences[key], 0.05 / 4)  # Bonferroni over 4
+        assert record["equivalence_margin"] == pytest.approx(margin, abs=1e-12)
+    for key in (("exp-ape", "softmax-ape"), ("favor-ape m=16", "softmax-ape")):
+        outside = records[key]
+        assert outside["seed_p"] is not None and not outside["family"]
+        assert outside["seed_p_holm"] is None and outside["equivalence_margin"] is None
 
 
 def test_gap_closed_interval_contains_the_true_value(tmp_path):

@@ -13,6 +13,7 @@ from rpevit.data import DataConfig, load_dataset
 from rpevit.data.augment import normalize
 from rpevit.errors import RpevitError
 from rpevit.report.attention import cls_attention_map
+from rpevit.report.endings import ending_rows, warning_lines
 from rpevit.report.paired import comparisons, gap_closed_intervals
 from rpevit.report.paired_render import statistics_markdown, write_comparisons_csv
 from rpevit.report.plots import plot_curves
@@ -102,6 +103,7 @@ def build_report(
     ablation = ablation_rows(rows)
     comparison = init_comparison(rows)
     transfer = transfer_table(runs)
+    endings = ending_rows(runs)
     paired, intervals = comparisons(rows, runs), gap_closed_intervals(runs)
     statistics: list[str] = []
     has_predictions = any(RunDir(r.path).predictions_file.is_file() for r in runs)
@@ -150,13 +152,14 @@ def build_report(
                 title,
                 notes,
                 [str(p) for p in plots],
+                endings=endings,
                 ablation=ablation,
                 comparison=comparison,
                 transfer=transfer,
                 statistics=statistics,
             )
         )
-    write_csv(rows, out / "results.csv", intervals)
+    write_csv(rows, out / "results.csv", intervals, endings)
     write_comparisons_csv(paired, out / "comparisons.csv")
     summary = {
         "runs_dirs": [str(d) for d in runs_dirs],
@@ -166,6 +169,8 @@ def build_report(
         "gap_closed": gap_closed_table(rows),
         "comparisons": paired,
         "gap_closed_intervals": intervals,
+        "endings": endings,
+        "warnings": warning_lines(endings, [row["variant"] for row in rows]),
         "feature_ablation": ablation,
         "init_comparison": comparison,
         "resolution_transfer": transfer,

@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from rpevit.registry import PERFORMER_KERNELS, RELATIVE_POSITIONS
+from rpevit.registry import CORE_KERNELS, PERFORMER_KERNELS, RELATIVE_POSITIONS
 from rpevit.report.runs import Predictions, Run, read_predictions
 from rpevit.report.stats import (
     ALPHA,
     bootstrap_means,
+    equivalence_margin,
     holm,
     paired_difference,
     percentile_interval,
@@ -93,6 +94,8 @@ def _compare(data: _Runs, variant: str, reference: str, kind: str) -> dict[str, 
         "difference": None,
         "difference_std": None,
         "seed_ci": None,
+        "seed_differences": [],
+        "seed_p": None,
         "image_ci": None,
         "nll_difference": None,
         "nll_seed_ci": None,
@@ -114,6 +117,8 @@ def _compare(data: _Runs, variant: str, reference: str, kind: str) -> dict[str, 
         difference=accuracy["mean"],
         difference_std=accuracy["std"],
         seed_ci=accuracy["ci"],
+        seed_differences=accuracy["differences"],
+        seed_p=accuracy["p"],
         nll_difference=nll["mean"],
         nll_seed_ci=nll["ci"],
     )
@@ -166,7 +171,30 @@ def comparisons(rows: Sequence[dict[str, Any]], runs: Sequence[Run]) -> list[dic
     for record, adjusted in zip(records, holm([r["p_value"] for r in records]), strict=True):
         record["p_holm"] = adjusted
         record["significant"] = None if adjusted is None else adjusted < ALPHA
+    family = [r for r in records if in_declared_family(r) and r["seed_p"] is not None]
+    for record in records:
+        record["family"] = record in family
+        record["seed_p_holm"] = record["seed_significant"] = record["equivalence_margin"] = None
+    for record, adjusted in zip(family, holm([r["seed_p"] for r in family]), strict=True):
+        record["seed_p_holm"] = adjusted
+        record["seed_significant"] = adjusted < ALPHA
+        # Bonferroni over the family: every stated margin holds at family-wise level ALPHA
+        record["equivalence_margin"] = equivalence_margin(
+            record["seed_differences"], ALPHA / len(family)
+        )
     return records
+
+
+def in_declared_family(record: dict[str, Any]) -> bool:
+    """Whether a comparison belongs to the family the seed-level tests correct for, declared
+    before any run: each Performer kernel against softmax with the same encoding, and each
+    relative encoding against APE with the same kernel, between the plain study models."""
+    kernel, _, position = record["variant"].partition("-")
+    if kernel not in CORE_KERNELS or position not in ("ape", *RELATIVE_POSITIONS):
+        return False  # options, another kernel or encoding, or initialised from another run
+    if record["kind"] == "kernel":
+        return kernel in PERFORMER_KERNELS and record["reference"] == f"softmax-{position}"
+    return position in RELATIVE_POSITIONS and record["reference"] == f"{kernel}-ape"
 
 
 def _gap_interval(data: _Runs, kernel: str, position: str) -> dict[str, Any]:

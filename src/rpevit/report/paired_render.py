@@ -24,7 +24,16 @@ METHODS = (
     "of seeds on which the first variant is right minus the number on which the second is "
     "(with one seed this is McNemar's exact test). The image, not the (image, seed) pair, is "
     "the unit: an image that splits the two models on every seed counts once, not once per "
-    "seed. p Holm: Holm-adjusted over all comparisons in the table. only first / only second "
+    "seed. p Holm: Holm-adjusted over all comparisons in the table. "
+    "Seed-level tests: p (seeds, t) is the paired t-test of the per-seed differences (n − 1 "
+    "degrees of freedom); the family it is corrected for was declared before the runs: each "
+    "Performer kernel against softmax with the same encoding and each relative encoding "
+    "against APE with the same kernel, plain study models only (— : outside the family); p "
+    "Holm (seeds, family) is Holm-adjusted over that family. |Δ| below: the smallest margin δ "
+    "for which two one-sided t-tests (TOST) reject |Δ| ≥ δ at family-wise level 0.05 "
+    "(Bonferroni over the family): the seeds exclude differences of δ or more, and only a "
+    'statement of equivalence within δ is supported, not "no difference". '
+    "only first / only second "
     "right: discordant (image, seed) pairs summed over seeds. Gap closed: (acc(K-X) − "
     "acc(K-ape)) / (acc(softmax-ape) − acc(K-ape)) on the seeds the three models share; its "
     "interval is a percentile bootstrap resampling seeds and test images jointly for the three "
@@ -63,6 +72,9 @@ def _comparison_table(records: Sequence[dict[str, Any]]) -> str:
                 _seeds(r["seeds"]),
                 diff,
                 _interval(r["seed_ci"]),
+                _p(r["seed_p"]),
+                _p(r["seed_p_holm"]) if r["family"] else "—",
+                NA if r["equivalence_margin"] is None else f"{100 * r['equivalence_margin']:.2f}",
                 _interval(r["image_ci"]),
                 discordant,
                 _p(r["p_value"]),
@@ -77,6 +89,9 @@ def _comparison_table(records: Sequence[dict[str, Any]]) -> str:
             "seeds",
             "Δ test acc (pp)",
             "95% CI, seeds (t)",
+            "p (seeds, t)",
+            "p Holm (seeds, family)",
+            "|Δ| below (pp, family-wise)",
             "95% CI, images (bootstrap)",
             "only first / only second right",
             "p (images)",
@@ -139,7 +154,8 @@ def write_comparisons_csv(records: Sequence[dict[str, Any]], path: Path) -> Path
     """``comparisons.csv``: one row per paired comparison, raw values (differences as
     fractions, NLL in nats), empty where undefined; ``notes`` says why."""
     columns = ["variant", "reference", "kind", "seeds", "difference", "difference_std"]
-    columns += ["seed_ci_low", "seed_ci_high", "image_ci_low", "image_ci_high"]
+    columns += ["seed_ci_low", "seed_ci_high", "seed_p", "family", "seed_p_holm"]
+    columns += ["seed_significant", "equivalence_margin", "image_ci_low", "image_ci_high"]
     columns += ["nll_difference", "nll_seed_ci_low", "nll_seed_ci_high"]
     columns += ["nll_image_ci_low", "nll_image_ci_high", "only_first_right", "only_second_right"]
     columns += ["p_value", "p_holm", "significant", "notes"]

@@ -9,6 +9,7 @@ from typing import Any
 
 from rpevit.atomic import atomic_write
 from rpevit.registry import PERFORMER_KERNELS, RELATIVE_POSITIONS
+from rpevit.report.endings import RULE, warning_lines
 from rpevit.report.tables import METRICS, Metric, applies_gap_closed, gap_closed_table, pct, pp
 
 NA = "n/a"
@@ -105,18 +106,52 @@ def _transfer_markdown(transfer: dict[str, Any]) -> str:
     return markdown_table(header, body)
 
 
+def _endings_markdown(rows: Sequence[dict[str, Any]], endings: dict[str, dict[str, Any]]) -> str:
+    body = []
+    for row in rows:
+        end = endings.get(row["variant"])
+        if end is None:
+            continue
+        finals = sorted(set(end["final_epochs"]))
+        body.append(
+            [
+                row["variant"],
+                ", ".join(map(str, end["best_epochs"])) + f" of {'/'.join(map(str, finals))}",
+                _cell(end["best_val_accuracy_mean"], end["best_val_accuracy_std"], pct),
+                _cell(end["final_val_accuracy_mean"], end["final_val_accuracy_std"], pct),
+                _cell(row["test_accuracy_mean"], row["test_accuracy_std"], pct),
+                _cell(end["last_test_accuracy_mean"], end["last_test_accuracy_std"], pct),
+                "⚠" if end["warnings"] else "",
+            ]
+        )
+    return markdown_table(
+        [
+            "model",
+            "best epoch (per seed)",
+            "best val %",
+            "final val %",
+            "best-checkpoint test %",
+            "last-checkpoint test %",
+            "warning",
+        ],
+        body,
+    )
+
+
 def markdown(
     rows: Sequence[dict[str, Any]],
     title: str,
     notes: Sequence[str],
     plots: Sequence[str],
     *,
+    endings: dict[str, dict[str, Any]] | None = None,
     ablation: Sequence[dict[str, Any]] = (),
     comparison: Sequence[dict[str, Any]] = (),
     transfer: dict[str, Any] | None = None,
     statistics: Sequence[str] = (),
 ) -> str:
-    """``results.md``: a quality table (accuracy, fit, gaps), a cost table, the gap-closed
+    """``results.md``: warnings for runs that did not end at their best (``endings``), a
+    quality table (accuracy, fit, gaps), how the runs ended, a cost table, the gap-closed
     matrix, the ``statistics`` section's parts (already rendered), then where the runs hold
     them the random-feature ablation, from-scratch vs from-checkpoint and resolution-transfer
     tables, the plots and the notes."""
@@ -159,8 +194,10 @@ def markdown(
             for kernel in PERFORMER_KERNELS
         ],
     )
+    endings = endings or {}
     parts = [
         f"# {title}",
+        *warning_lines(endings, [row["variant"] for row in rows]),
         "Mean ± sample standard deviation over seeds (one value: a single run). Accuracies, "
         "precision, recall and F1 (macro) in %, on the test split unless marked val; "
         "log-likelihood, AIC and BIC on the test split (natural log).",
@@ -170,6 +207,10 @@ def markdown(
         "and options (trained from scratch), in percentage points. Gap closed: (acc(K-X) - "
         "acc(K-ape)) / (acc(softmax-ape) - acc(K-ape)) on mean test accuracies; n/a when a "
         "model is missing or K-ape is not behind softmax-ape (no gap to close).",
+    ]
+    if endings:
+        parts += ["## How the runs ended", _endings_markdown(rows, endings), RULE]
+    parts += [
         "## Cost",
         cost_table,
         "Parameters: trainable. FLOPs: forward, per image. Training seconds per epoch exclude "
@@ -220,6 +261,7 @@ def write_csv(
     rows: Sequence[dict[str, Any]],
     path: Path,
     gap_intervals: dict[str, dict[str, dict[str, Any]]] | None = None,
+    endings: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
     """``results.csv``: one row per model, raw values (accuracies as fractions), empty where a
     column does not apply and ``n/a`` where it is undefined; with ``gap_intervals``
@@ -230,6 +272,8 @@ def write_csv(
         columns += [f"{metric.key}_mean", f"{metric.key}_std"]
     columns += ["gap_to_softmax", "gap_closed", "test_accuracy_ci_low", "test_accuracy_ci_high"]
     columns += ["gap_closed_ci_low", "gap_closed_ci_high", "gap_closed_note"]
+    columns += ["best_epochs", "final_val_accuracy_mean", "final_val_accuracy_std"]
+    columns += ["last_test_accuracy_mean", "last_test_accuracy_std", "ending_warnings"]
     with atomic_write(path, "w") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
@@ -242,6 +286,10 @@ def write_csv(
             else:
                 low = high = note = None
             row.update(gap_closed_ci_low=low, gap_closed_ci_high=high, gap_closed_note=note)
+            end = (endings or {}).get(row["variant"], {})
+            row.update({k: end.get(k) for k in columns if k.startswith(("final_", "last_"))})
+            row["best_epochs"] = " ".join(map(str, end.get("best_epochs", []))) or None
+            row["ending_warnings"] = "; ".join(end.get("warnings", [])) or None
             record = {key: ("" if row[key] is None else row[key]) for key in columns}
             record["seeds"] = " ".join(str(s) for s in row["seeds"])
             if _applies_gap(row) and row["gap_to_softmax"] is None:

@@ -58,18 +58,46 @@ def t_interval(
 def paired_difference(
     a: dict[int, float], b: dict[int, float], confidence: float = CONFIDENCE
 ) -> dict[str, object]:
-    """Paired difference ``a[s] - b[s]`` over the seeds ``s`` both hold: the seeds, the mean,
-    the sample std and the t interval (None where fewer than two seeds are common)."""
+    """Paired difference ``a[s] - b[s]`` over the seeds ``s`` both hold: the seeds, the
+    per-seed differences, the mean, the sample std, the t interval and the paired t-test's
+    p-value (None where fewer than two seeds are common)."""
     seeds = sorted(set(a) & set(b))
     diffs = [a[s] - b[s] for s in seeds]
     interval = t_interval(diffs, confidence)
     mean, std = mean_std(diffs)
     return {
         "seeds": seeds,
+        "differences": diffs,
         "mean": mean,
         "std": std,
         "ci": None if interval is None else [interval[1], interval[2]],
+        "p": paired_t_p(diffs),
     }
+
+
+def paired_t_p(differences: Sequence[float]) -> float | None:
+    """Two-sided p-value of the paired t-test over seeds (the per-seed differences against 0,
+    n - 1 degrees of freedom); None with fewer than two differences. Equal differences give
+    p = 0 (or 1 if they are all 0): no training variability was seen."""
+    d = np.asarray(differences, dtype=np.float64)
+    if d.size < 2:
+        return None
+    std = d.std(ddof=1)
+    if std == 0:
+        return 0.0 if d.mean() != 0 else 1.0
+    t = d.mean() / (std / math.sqrt(d.size))
+    return float(2 * stats.t.sf(abs(t), d.size - 1))
+
+
+def equivalence_margin(differences: Sequence[float], alpha: float = ALPHA) -> float | None:
+    """The smallest margin ``delta`` for which two one-sided t-tests (TOST) at level ``alpha``
+    reject both ``mean <= -delta`` and ``mean >= delta``: ``|mean| + t_{1-alpha, n-1} s/sqrt(n)``.
+    The seeds then exclude differences of ``delta`` or more; None with fewer than two."""
+    d = np.asarray(differences, dtype=np.float64)
+    if d.size < 2:
+        return None
+    half = stats.t.ppf(1 - alpha, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size)
+    return float(abs(d.mean()) + half)
 
 
 def sign_flip_p(differences: Sequence[int] | np.ndarray) -> float:
