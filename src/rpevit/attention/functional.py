@@ -19,8 +19,24 @@ from torch import Tensor
 DENOMINATOR_EPS = torch.finfo(torch.float32).tiny
 
 
+#: Low-precision dtypes whose SDPA runs in float32 on the CPU: PyTorch's CPU flash attention
+#: is 7x slower in bfloat16 than in float32 for the study's shapes, forward + backward
+#: (``[128, 4, 65, 16]``: 109 ms vs 15 ms, plus 5 ms of casts; the math backend: 36 ms),
+#: measured on the project's Zen 4 CPU with torch 2.14. On GPUs the fused kernels run in the
+#: input dtype.
+CPU_FLOAT32_SDPA = (torch.bfloat16, torch.float16)
+
+
 def softmax_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:
-    """Exact ``softmax(q k^T / sqrt(d) + bias) v`` through PyTorch's fused SDPA kernels."""
+    """Exact ``softmax(q k^T / sqrt(d) + bias) v`` through PyTorch's fused SDPA kernels, in
+    the dtype of ``q`` (float32 for low-precision inputs on the CPU, see
+    :data:`CPU_FLOAT32_SDPA`; the output keeps the dtype of ``q``)."""
+    dtype, device = q.dtype, q.device.type
+    if device == "cpu" and (dtype in CPU_FLOAT32_SDPA or torch.is_autocast_enabled(device)):
+        with torch.autocast(device_type=device, enabled=False):  # autocast would cast back
+            q, k, v = q.float(), k.float(), v.float()
+            bias = None if bias is None else bias.float()
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias).to(dtype)
     if bias is not None:
         bias = bias.to(q.dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
@@ -55,8 +71,9 @@ def compute_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _favor_exponent(x: Tensor, projection: Tensor) -> Tensor:
-    """Log of the raw FAVOR+ features up to ``-ln(m)/2``: ``W x' - |x'|^2/2``, ``x' = x d^-1/4``.
+def _favor_exponent(x: Tensor, projection: Tensor, norm: bool = True) -> Tensor:
+    """Log of the raw FAVOR+ features up to ``-ln(m)/2``: ``W x' - |x'|^2/2``, ``x' = x d^-1/4``
+    (without the norm term if ``norm`` is False).
 
     Few passes over the ``[..., N, m]`` result: ``d^-1/4`` is folded into the small projection
     and the norm is subtracted in place (matmul does not save its output for backward).
@@ -65,6 +82,8 @@ def _favor_exponent(x: Tensor, projection: Tensor) -> Tensor:
     scale = x.shape[-1] ** -0.25
     w = projection.to(device=x.device, dtype=x.dtype) * scale
     exponent = x @ w.T
+    if not norm:
+        return exponent
     return exponent.sub_((x * x).sum(dim=-1, keepdim=True), alpha=0.5 * scale * scale)
 
 
@@ -89,9 +108,14 @@ def exp_feature_pair(q_exponent: Tensor, k_exponent: Tensor) -> tuple[Tensor, Te
 def favor_feature_pair(q: Tensor, k: Tensor, projection: Tensor) -> tuple[Tensor, Tensor]:
     """FAVOR+ features ``(phi(q), phi(k))`` for attention, jointly stabilised
     (:func:`exp_feature_pair`, which also absorbs the constant ``m^-1/2``), in float32
-    (float64 if given) whatever the autocast state."""
+    (float64 if given) whatever the autocast state.
+
+    A query's norm term ``-|q'|^2/2`` is the same for all its features, so the query's
+    stabiliser removes it exactly: it is not computed (12-16% less time forward + backward).
+    """
     with torch.autocast(device_type=q.device.type, enabled=False):
-        return exp_feature_pair(_favor_exponent(q, projection), _favor_exponent(k, projection))
+        q_exponent = _favor_exponent(q, projection, norm=False)
+        return exp_feature_pair(q_exponent, _favor_exponent(k, projection))
 
 
 def favor_features(
