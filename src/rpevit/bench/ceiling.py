@@ -34,11 +34,13 @@ SETTINGS = {
 }  # fmt: skip
 
 
-def matmul_gflops(sizes: list[int], ctx: BenchContext) -> list[dict]:
-    """Dense fp32 ``n x n @ n x n`` throughput (2 n^3 FLOPs per product) per size: median
-    and best call (the ceiling is the best: load on a shared machine only lowers it)."""
+def matmul_gflops(
+    sizes: list[int], ctx: BenchContext, dtype: torch.dtype = torch.float32
+) -> list[dict]:
+    """Dense ``n x n @ n x n`` throughput in ``dtype`` (2 n^3 FLOPs per product) per size:
+    median and best call (the ceiling is the best: load on a shared machine only lowers it)."""
     generator = torch.Generator().manual_seed(ctx.seed)
-    operands = {n: (torch.randn(n, n, generator=generator),) * 2 for n in sizes}
+    operands = {n: (torch.randn(n, n, generator=generator).to(dtype),) * 2 for n in sizes}
     fns = {n: (lambda a=a, b=b: torch.mm(a, b)) for n, (a, b) in operands.items()}
     times = time_interleaved(fns, ctx)
     return [
