@@ -123,15 +123,8 @@ class Metrics:
 
 
 #: Metrics fields that older runs or other code paths lack: absent from the file when None.
-_WRITTEN_WHEN_SET = (
-    "resolution_transfer",
-    "hardware",
-    "software",
-    "train_seconds_epochs",
-    "last_checkpoint_epoch",
-    "last_val_accuracy",
-    "last_test_accuracy",
-)
+_WRITTEN_WHEN_SET = ("resolution_transfer", "hardware", "software", "train_seconds_epochs")
+_WRITTEN_WHEN_SET += ("last_checkpoint_epoch", "last_val_accuracy", "last_test_accuracy")
 
 
 @dataclass(frozen=True)
@@ -290,23 +283,19 @@ class RunDir:
                 logs[int(version)] = path
         return [logs[k] for k in sorted(logs)]
 
-    def record_files(self, extra: tuple[str, ...] = (), predictions: bool = True) -> list[Path]:
-        """The run's records, relative to its folder: config, metrics, evaluation, test
-        predictions (unless ``predictions`` is False), CSV logs and the ``extra`` files there
-        are; not checkpoints or TensorBoard events (what a repository keeps of a run)."""
-        names = [CONFIG, METRICS, EVALUATION, *([PREDICTIONS] if predictions else []), *extra]
-        files = [self.path / n for n in names if (self.path / n).is_file()] + self.csv_logs()
-        return [f.relative_to(self.path) for f in files]
-
     def copy_records(
         self, dest: Path, extra: tuple[str, ...] = (), predictions: bool = True
     ) -> None:
-        """Copy :meth:`record_files` to the same places below ``dest`` (atomically each)."""
-        for name in self.record_files(extra, predictions):
-            target = Path(dest) / name
+        """Copy the run's records (config, metrics, evaluation, test predictions unless
+        ``predictions`` is False, CSV logs, the ``extra`` files), not its checkpoints or
+        TensorBoard events, to the same places below ``dest``: what a repository keeps."""
+        names = [CONFIG, METRICS, EVALUATION, *([PREDICTIONS] if predictions else []), *extra]
+        files = [self.path / n for n in names if (self.path / n).is_file()] + self.csv_logs()
+        for source in files:
+            target = Path(dest) / source.relative_to(self.path)
             target.parent.mkdir(parents=True, exist_ok=True)
             with atomic_write(target) as f:
-                f.write((self.path / name).read_bytes())
+                f.write(source.read_bytes())
 
     def curves(self, by: Literal["step", "epoch"] = "step") -> dict[str, dict[int, float]]:
         """``{column: {step or epoch: value}}`` of every logged number (empty, non-numeric and
