@@ -14,6 +14,20 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 SMALL = dict(dim=32, depth=2, heads=4, mlp_dim=64)
 
 
+#: The devices of device-parametrised tests: the CPU, and CUDA where there is one (skipped
+#: otherwise); ``scripts/gpu-check.sh`` runs the CUDA cases (``pytest -k cuda``).
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")),
+]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    """A device to run the test on (see :data:`DEVICES`)."""
+    return torch.device(request.param)
+
+
 def shared_data_dir() -> Path | None:
     """The real MNIST/CIFAR-10 copies beside the repository (or RPEVIT_DATA_DIR), if present."""
     env = os.environ.get("RPEVIT_DATA_DIR")

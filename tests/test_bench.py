@@ -149,3 +149,19 @@ def test_crossover_interpolates_between_bracketing_points():
     assert kind == "at" and 256 < n < 1024
     kind, n = crossover(ns[:2], quadratic[:2], [4 * t for t in linear[:2]])  # equal at N = 1024
     assert kind == "extrapolated" and n == pytest.approx(1024)
+
+
+def test_gpu_check_data_reads_through_the_real_loader(tmp_path):
+    """The GPU check's synthetic MNIST (no download on the GPU machine): the real loader and
+    split read it, and its classes are told apart by where the bright block is."""
+    from rpevit.bench.gpu_check import synthetic_mnist
+    from rpevit.data import load_dataset
+
+    root = synthetic_mnist(tmp_path / "data", train=5200, test=100)
+    data = load_dataset("mnist", root, download=False)
+    assert (len(data.train), len(data.val), len(data.test)) == (200, 5000, 100)
+    images, labels = data.test.images[:, 0].float(), data.test.labels
+    assert images.shape[1:] == (28, 28) and set(labels.tolist()) <= set(range(10))
+    for image, label in zip(images, labels, strict=True):
+        row, col = 2 + 8 * (int(label) // 4), 2 + 8 * (int(label) % 4)
+        assert (image[row : row + 7, col : col + 7] == 255).all()

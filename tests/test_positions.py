@@ -46,7 +46,9 @@ def _dense_rpe_reference(qf, kf, v, log_c, height, width, prefix):
 @pytest.mark.parametrize("prefix", [0, 1])
 @pytest.mark.parametrize("features", ["favor", "relu"])
 @pytest.mark.parametrize("method", ["fft", "quadratic"])
-def test_rpe_linear_attention_equals_dense_reference(height, width, prefix, features, method):
+def test_rpe_linear_attention_equals_dense_reference(
+    height, width, prefix, features, method, device
+):
     heads, d, m = 2, 8, 12
     n = prefix + height * width
     q, k, v = (torch.randn(2, heads, n, d, dtype=F64) for _ in range(3))
@@ -57,8 +59,9 @@ def test_rpe_linear_attention_equals_dense_reference(height, width, prefix, feat
     else:
         qf, kf = relu_features(q), relu_features(k)
     expected = _dense_rpe_reference(qf, kf, v, log_c, height, width, prefix)
+    qf, kf, v, log_c = (t.to(device) for t in (qf, kf, v, log_c))
     out = rpe_linear_attention(qf, kf, v, log_c, (height, width, prefix), method=method)
-    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out.cpu(), expected, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("method", ["fft", "quadratic"])
@@ -307,7 +310,7 @@ def test_softmax_rotation_outputs_are_shift_invariant_exactly_without_prefix_tok
 
 
 @pytest.mark.parametrize("position", ["rpe", "string", "rope", "rope-mixed", "frpe"])
-def test_favor_converges_to_softmax_with_same_weights(position):
+def test_favor_converges_to_softmax_with_same_weights(position, device):
     """FAVOR+-X estimates softmax-X: the error falls as the number of features grows."""
     soft = _attention(SoftmaxKernel(), POSITIONS[position]()).eval()
     _randomise_positions(soft)
@@ -321,7 +324,7 @@ def test_favor_converges_to_softmax_with_same_weights(position):
             favor = _attention(FavorKernel(8, m), POSITIONS[position]()).eval()
             missing, unexpected = favor.load_state_dict(soft.state_dict(), strict=False)
             assert not unexpected and all(k.startswith("kernel.") for k in missing)
-            out = favor(x, TokenGrid(3, 4, 1))
+            out = favor.to(device)(x.to(device), TokenGrid(3, 4, 1)).cpu()
             trial.append(((out - exact).norm() / exact.norm()).item())
         errors.append(sum(trial) / len(trial))
     assert errors[0] > errors[1] > errors[2], errors

@@ -1,6 +1,7 @@
-"""Mixed precision on the CPU: bf16 autocast agrees with float32 for every study variant, the
-linear kernels' feature maps and sums stay float32, and the softmax core runs in float32 on the
-CPU (where PyTorch's bf16 flash attention is slow) while returning the autocast dtype."""
+"""Mixed precision: bf16 autocast agrees with float32 for every study variant, the linear
+kernels' feature maps and sums stay float32, and the softmax core runs in float32 on the CPU
+(where PyTorch's bf16 flash attention is slow) and in bf16 on a GPU, returning the autocast
+dtype. Each test runs on the CPU and, where there is one, on CUDA (``device`` fixture)."""
 
 from __future__ import annotations
 
@@ -48,12 +49,12 @@ def _tiny(name: str) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("name", STUDY_MODELS)
-def test_bf16_autocast_forward_agrees_with_float32(name):
-    model = _tiny(name)
-    images = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+def test_bf16_autocast_forward_agrees_with_float32(name, device):
+    model = _tiny(name).to(device)
+    images = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(1)).to(device)
     with torch.no_grad():
         reference = model(images)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             mixed = model(images)
     assert mixed.dtype == torch.bfloat16
     error = (mixed.float() - reference).abs().max() / reference.abs().max()
@@ -62,14 +63,13 @@ def test_bf16_autocast_forward_agrees_with_float32(name):
 
 @pytest.mark.parametrize("kernel", ["favor", "relu", "exp", "learnable"])
 @pytest.mark.parametrize("position", ["ape", "rpe", "frpe", "rope", "string"])
-def test_linear_kernel_features_and_sums_stay_float32_under_bf16_autocast(kernel, position):
+def test_linear_kernel_features_and_sums_stay_float32_under_bf16_autocast(kernel, position, device):
     grid = TokenGrid(4, 4, num_prefix=1)
     config = type("Config", (), dict(head_dim=8, heads=2, grid_size=(4, 4), pool="cls"))()
-    attention = Attention(
-        16, 2, KERNELS[kernel][0](config, {}), POSITIONS[position][0](config)
-    ).eval()
-    x = torch.randn(2, 17, 16)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    attention = Attention(16, 2, KERNELS[kernel][0](config, {}), POSITIONS[position][0](config))
+    attention = attention.to(device).eval()
+    x = torch.randn(2, 17, 16, device=device)
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
         q, k, v = (
             t.to(torch.bfloat16)
             for t in attention.qkv(x).unflatten(-1, (3, 2, 8)).permute(2, 0, 3, 1, 4)
@@ -82,11 +82,12 @@ def test_linear_kernel_features_and_sums_stay_float32_under_bf16_autocast(kernel
 
 
 @pytest.mark.parametrize("position", ["ape", "rpe", "frpe"])
-def test_softmax_core_runs_in_float32_on_the_cpu_under_bf16_autocast(position):
-    model = _tiny(f"softmax-{position}")
-    images = torch.randn(2, 3, 16, 16)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), DtypeLog() as log:
+def test_softmax_core_runs_in_float32_on_the_cpu_and_bf16_on_a_gpu(position, device):
+    model = _tiny(f"softmax-{position}").to(device)
+    images = torch.randn(2, 3, 16, 16, device=device)
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16), DtypeLog() as log:
         out = model(images)
     cores = [dtype for name, dtype in log.seen if "scaled_dot_product" in name]
-    assert len(cores) == 2 and set(cores) == {torch.float32}  # one per layer
+    expected = torch.float32 if device.type == "cpu" else torch.bfloat16
+    assert len(cores) == 2 and set(cores) == {expected}  # one per layer
     assert out.dtype == torch.bfloat16
