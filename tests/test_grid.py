@@ -334,3 +334,29 @@ def test_init_from_a_grid_folder_starts_each_run_from_its_softmax_source(tmp_pat
     monkeypatch.setattr(grid, "train", fake := FakeTrain())
     run_grid(single, models=["favor-ape"], seeds=[3], out=tmp_path / "one")
     assert fake.calls[0].init_from == str(source / "softmax-ape" / "seed1")
+
+
+def test_records_let_a_fresh_machine_continue_the_grid(tmp_path, monkeypatch):
+    """With --records, finished runs leave their records (no checkpoints) in the records
+    folder; a grid in an empty runs folder (a fresh clone) restores them and trains only the
+    rest; records made with another configuration are refused like any run folder."""
+    records = tmp_path / "records"
+    first = FakeTrain(crash_at=2, crash_on=Killed())  # the "session" ends during run 2
+    monkeypatch.setattr(grid, "train", first)
+    models = ["softmax-ape", "relu-ape"]
+    with pytest.raises(Killed):
+        run_grid(base_config(tmp_path), models=models, out=tmp_path / "a", records=records)
+    assert sorted(p.relative_to(records).as_posix() for p in records.rglob("*.json")) == [
+        "relu-ape/seed42/config.json",
+        "relu-ape/seed42/metrics.json",
+    ]
+    assert not list(records.rglob("*.ckpt"))
+    fresh = FakeTrain()
+    monkeypatch.setattr(grid, "train", fresh)
+    summary = run_grid(base_config(tmp_path), models=models, out=tmp_path / "b", records=records)
+    assert [c.model for c in fresh.calls] == ["softmax-ape"]  # relu-ape came from the records
+    assert summary["counts"] == {"finished": 2}
+    assert (records / "softmax-ape" / "seed42" / "metrics.json").is_file()
+    with pytest.raises(ConfigError, match="another configuration"):
+        run_grid(base_config(tmp_path, epochs=9), models=models, out=tmp_path / "c",
+                 records=records)  # fmt: skip

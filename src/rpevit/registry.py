@@ -5,7 +5,8 @@ Adding a kernel or a position encoding is one class plus one line in ``KERNELS``
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
@@ -22,33 +23,49 @@ from rpevit.attention.kernels import (
 )
 from rpevit.attention.linformer import LinformerKernel, SequenceProjection
 from rpevit.models.vit import VisionTransformer, ViTConfig
+from rpevit.option_types import FLAG, OptionType, check_option, choice, fraction, integer, positive
 from rpevit.positions import AbsoluteOnly, CirculantString, KernelizedRPE, PositionEncoding, Rope2D
 from rpevit.positions.frpe import DEFAULT_TERMS, FourierRPE
 from rpevit.positions.gates import PositionGate
 
 
-def _linformer(config: ViTConfig, shared: dict, linformer_k=64, linformer_sharing="none"):
-    num_tokens = config.grid_size[0] * config.grid_size[1] + (config.pool == "cls")
+@dataclass(frozen=True)
+class LayerShape:
+    """What a kernel or position constructor needs to know about its attention layer."""
+
+    heads: int
+    head_dim: int
+    grid_size: tuple[int, int]
+    num_prefix: int
+
+    @classmethod
+    def of(cls, config: ViTConfig) -> LayerShape:
+        """The shape of every attention layer of a ViT with ``config``."""
+        return cls(config.heads, config.head_dim, config.grid_size, int(config.pool == "cls"))
+
+
+def _linformer(shape: LayerShape, shared: dict, linformer_k=64, linformer_sharing="none"):
+    num_tokens = shape.grid_size[0] * shape.grid_size[1] + shape.num_prefix
     if linformer_sharing == "layerwise" and "linformer" not in shared:
         shared["linformer"] = SequenceProjection(num_tokens, linformer_k)
     return LinformerKernel(num_tokens, linformer_k, linformer_sharing, shared.get("linformer"))
 
 
-#: kernel name -> (constructor(config, shared, **options), options it accepts). ``shared`` is
-#: one dict per model, for modules that several layers share.
+#: kernel name -> (constructor(shape, shared, **options), options it accepts), ``shape`` a
+#: :class:`LayerShape`. ``shared`` is one dict per model, for modules that several layers share.
 KERNELS: dict[str, tuple[Callable[..., AttentionKernel], tuple[str, ...]]] = {
-    "softmax": (lambda config, shared: SoftmaxKernel(), ()),
+    "softmax": (lambda shape, shared: SoftmaxKernel(), ()),
     "favor": (
-        lambda config, shared, **o: FavorKernel(config.head_dim, **o),
+        lambda shape, shared, **o: FavorKernel(shape.head_dim, **o),
         ("nb_features", "redraw_interval", "redraw_stop", "rpe_method"),
     ),
     "relu": (
-        lambda config, shared, **o: ReluKernel(config.head_dim, **o),
+        lambda shape, shared, **o: ReluKernel(shape.head_dim, **o),
         ("nb_features", "feature_projection", "rpe_method"),
     ),
-    "exp": (lambda config, shared, **o: ExpKernel(**o), ("rpe_method",)),
+    "exp": (lambda shape, shared, **o: ExpKernel(**o), ("rpe_method",)),
     "learnable": (
-        lambda config, shared, **o: LearnableKernel(config.head_dim, **o),
+        lambda shape, shared, **o: LearnableKernel(shape.head_dim, **o),
         ("nb_features", "rpe_method"),
     ),
     "linformer": (_linformer, ("linformer_k", "linformer_sharing")),
@@ -60,39 +77,37 @@ RECIPE_OPTIONS: dict[str, dict[str, Any]] = {
     "favor": {"redraw_interval": DEFAULT_REDRAW_INTERVAL, "redraw_stop": DEFAULT_REDRAW_STOP},
 }
 
-#: position name -> (constructor(config, **options), options it accepts)
+#: position name -> (constructor(shape, **options), options it accepts)
 POSITIONS: dict[str, tuple[Callable[..., PositionEncoding], tuple[str, ...]]] = {
-    "ape": (lambda config: AbsoluteOnly(), ()),
-    "rpe": (lambda config: KernelizedRPE(config.heads, config.grid_size), ()),
+    "ape": (lambda shape: AbsoluteOnly(), ()),
+    "rpe": (lambda shape: KernelizedRPE(shape.heads, shape.grid_size), ()),
     "frpe": (
-        lambda config, frpe_terms=DEFAULT_TERMS: FourierRPE(
-            config.heads, config.grid_size, frpe_terms
+        lambda shape, frpe_terms=DEFAULT_TERMS: FourierRPE(
+            shape.heads, shape.grid_size, frpe_terms
         ),
         ("frpe_terms",),
     ),
     "string": (
-        lambda config, string_base=100.0: CirculantString(
-            config.head_dim, config.heads, string_base
-        ),
+        lambda shape, string_base=100.0: CirculantString(shape.head_dim, shape.heads, string_base),
         ("string_base",),
     ),
     "rope": (
-        lambda config, rope_mode="axial", rope_base=100.0: Rope2D(
-            config.head_dim, config.heads, rope_mode, rope_base
+        lambda shape, rope_mode="axial", rope_base=100.0: Rope2D(
+            shape.head_dim, shape.heads, rope_mode, rope_base
         ),
         ("rope_mode", "rope_base"),
     ),
     "rope-axial": (
-        lambda config, rope_base=100.0: Rope2D(config.head_dim, config.heads, "axial", rope_base),
+        lambda shape, rope_base=100.0: Rope2D(shape.head_dim, shape.heads, "axial", rope_base),
         ("rope_base",),
     ),
     "rope-mixed": (
-        lambda config, rope_base=100.0: Rope2D(config.head_dim, config.heads, "mixed", rope_base),
+        lambda shape, rope_base=100.0: Rope2D(shape.head_dim, shape.heads, "mixed", rope_base),
         ("rope_base",),
     ),
-    "irpe-gate": (lambda config: PositionGate(config.heads, config.grid_size, 1), ()),
+    "irpe-gate": (lambda shape: PositionGate(shape.heads, shape.grid_size, 1), ()),
     "string-gate": (
-        lambda config: PositionGate(config.heads, config.grid_size, config.head_dim),
+        lambda shape: PositionGate(shape.heads, shape.grid_size, shape.head_dim),
         (),
     ),
 }
@@ -122,6 +137,72 @@ STUDY_MODELS = CORE_MODELS + [f"{kernel}-frpe" for kernel in CORE_KERNELS]
 #: Options of the backbone itself (``ViTConfig`` fields beyond the required sizes).
 BACKBONE_OPTIONS = ("pool", "ape", "qk_norm", "dropout", "emb_dropout")
 
+#: The expected type and values of every option, backbone, kernel and position alike (checked by
+#: :func:`resolve_variant`; see :mod:`rpevit.option_types`).
+OPTION_TYPES: dict[str, OptionType] = {
+    "pool": choice("cls", "mean"),
+    "ape": FLAG,
+    "qk_norm": FLAG,
+    "dropout": fraction(upper_open=True),
+    "emb_dropout": fraction(upper_open=True),
+    "nb_features": integer(1),
+    "redraw_interval": integer(0),
+    "redraw_stop": fraction(),
+    "rpe_method": choice("auto", "quadratic", "fft"),
+    "feature_projection": choice("identity", "learned"),
+    "linformer_k": integer(1),
+    "linformer_sharing": choice("none", "key-value", "layerwise"),
+    "frpe_terms": integer(1),
+    "string_base": positive(),
+    "rope_mode": choice("axial", "mixed"),
+    "rope_base": positive(),
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A registered ``<kernel>-<position>`` name with its checked options, split by the part of
+    the model they configure; builds the kernel and position encoding of one layer."""
+
+    name: str
+    kernel: str
+    position: str
+    backbone: dict[str, Any] = field(default_factory=dict)
+    kernel_options: dict[str, Any] = field(default_factory=dict)
+    position_options: dict[str, Any] = field(default_factory=dict)
+
+    def make_kernel(self, shape: LayerShape, shared: dict) -> AttentionKernel:
+        return KERNELS[self.kernel][0](shape, shared, **self.kernel_options)
+
+    def make_position(self, shape: LayerShape) -> PositionEncoding:
+        return POSITIONS[self.position][0](shape, **self.position_options)
+
+
+def resolve_variant(
+    name: str, options: Mapping[str, Any], backbone_keys: tuple[str, ...] = BACKBONE_OPTIONS
+) -> Variant:
+    """Parse ``name`` and check ``options`` against it: options that do not apply, or of the
+    wrong type or value, raise a one-line ValueError. ``backbone_keys`` are the non-kernel,
+    non-position options accepted; None kernel/position options mean "default" (dropped)."""
+    kernel, position = parse_model_name(name)
+    kernel_keys, position_keys = KERNELS[kernel][1], POSITIONS[position][1]
+    unknown = set(options) - set(backbone_keys) - set(kernel_keys) - set(position_keys)
+    if unknown:
+        valid = sorted(set(backbone_keys) | set(kernel_keys) | set(position_keys))
+        raise ValueError(
+            f"option(s) {', '.join(sorted(unknown))} do not apply to model {name!r}; "
+            f"valid options: {', '.join(valid)}"
+        )
+    for key, value in options.items():
+        if value is not None or key in backbone_keys:
+            check_option(key, value, OPTION_TYPES[key])
+
+    def pick(keys: tuple[str, ...]) -> dict[str, Any]:
+        return {k: v for k, v in options.items() if k in keys and v is not None}
+
+    backbone = {k: v for k, v in options.items() if k in backbone_keys}
+    return Variant(name, kernel, position, backbone, pick(kernel_keys), pick(position_keys))
+
 
 def list_available_models() -> list[str]:
     """All registered model names, ``<kernel>-<position>``: the 12 core variants first."""
@@ -144,9 +225,10 @@ def parse_model_name(name: str) -> tuple[str, str]:
     return kernel, position
 
 
-def _to_pair(size: int | tuple[int, int] | list[int], what: str) -> tuple[int, int]:
+def to_pair(size: int | tuple[int, int] | list[int], what: str) -> tuple[int, int]:
+    """``(size, size)`` for an int, else the pair itself; ValueError unless two positive ints."""
     pair = (size, size) if isinstance(size, int) else tuple(size)
-    if len(pair) != 2 or any(not isinstance(s, int) or s < 1 for s in pair):
+    if len(pair) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in pair):
         raise ValueError(f"{what} must be a positive int or (height, width), got {size!r}")
     return pair  # type: ignore[return-value]
 
@@ -157,7 +239,7 @@ def build_config(
     """Validated ``ViTConfig`` from the image size, the other required ``sizes`` (in_chans,
     num_classes, patch_size, dim, depth, heads, mlp_dim) and ``backbone`` options; impossible
     sizes raise ValueError saying what to change."""
-    image_size = _to_pair(image_size, "image_size")
+    image_size = to_pair(image_size, "image_size")
     for key, value in sizes.items():
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{key} must be a positive integer, got {value!r}")
@@ -169,11 +251,6 @@ def build_config(
         )
     if dim % heads:
         raise ValueError(f"dim {dim} is not divisible by heads {heads}; choose dim = heads * k")
-    if backbone.get("pool", "cls") not in ("cls", "mean"):
-        raise ValueError(f"pool must be 'cls' or 'mean', got {backbone['pool']!r}")
-    for key in ("dropout", "emb_dropout"):
-        if not 0.0 <= backbone.get(key, 0.0) < 1.0:
-            raise ValueError(f"{key} must be in [0, 1), got {backbone[key]!r}")
     return ViTConfig(image_size=image_size, **sizes, **backbone)
 
 
@@ -193,22 +270,14 @@ def create_model(
     """Build a registered ViT variant, e.g. ``create_model("favor-rope", image_size=28, ...)``.
 
     Options: backbone ``pool`` ("cls"/"mean"), ``ape`` (bool), ``qk_norm``, ``dropout``,
-    ``emb_dropout``; kernel ``nb_features``, ``redraw_interval``, ``feature_projection``,
-    ``rpe_method``, ``linformer_k``, ``linformer_sharing``; position ``rope_mode``
-    ("axial"/"mixed"), ``rope_base``, ``string_base``, ``frpe_terms`` (cosine terms per head of
-    the Fourier RPE, >= 1).
-    Options that do not apply to the chosen kernel/position are rejected.
+    ``emb_dropout``; kernel ``nb_features``, ``redraw_interval``, ``redraw_stop``,
+    ``feature_projection``, ``rpe_method``, ``linformer_k``, ``linformer_sharing``; position
+    ``rope_mode`` ("axial"/"mixed"), ``rope_base``, ``string_base``, ``frpe_terms`` (cosine
+    terms per head of the Fourier RPE, >= 1).
+    Options that do not apply to the chosen kernel/position, or of the wrong type or value
+    (:data:`OPTION_TYPES`), are rejected with a one-line ValueError.
     """
-    kernel_name, position_name = parse_model_name(name)
-    make_kernel, kernel_keys = KERNELS[kernel_name]
-    make_position, position_keys = POSITIONS[position_name]
-    unknown = set(options) - set(BACKBONE_OPTIONS) - set(kernel_keys) - set(position_keys)
-    if unknown:
-        valid = sorted(set(BACKBONE_OPTIONS) | set(kernel_keys) | set(position_keys))
-        raise ValueError(
-            f"option(s) {', '.join(sorted(unknown))} do not apply to model {name!r}; "
-            f"valid options: {', '.join(valid)}"
-        )
+    variant = resolve_variant(name, options)
     sizes = dict(
         in_chans=in_chans,
         num_classes=num_classes,
@@ -218,15 +287,13 @@ def create_model(
         heads=heads,
         mlp_dim=mlp_dim,
     )
-    backbone = {k: v for k, v in options.items() if k in BACKBONE_OPTIONS}
-    config = build_config(image_size, sizes, backbone)
-    kernel_opts = {k: v for k, v in options.items() if k in kernel_keys and v is not None}
-    position_opts = {k: v for k, v in options.items() if k in position_keys and v is not None}
+    config = build_config(image_size, sizes, variant.backbone)
+    shape = LayerShape.of(config)
     shared: dict = {}
     return VisionTransformer(
         config,
-        lambda: make_kernel(config, shared, **kernel_opts),
-        lambda: make_position(config, **position_opts),
+        lambda: variant.make_kernel(shape, shared),
+        lambda: variant.make_position(shape),
         name=name,
         options=options,
     )

@@ -42,11 +42,17 @@ class Attention(nn.Module):
         else:
             self.qk_log_temperature = None
 
+    def normalize_qk(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        """``q, k`` ``[B, h, N, d]`` before the position encoding: l2-normalised and scaled by
+        the temperature with ``qk_norm``, unchanged otherwise (subclasses add their own)."""
+        if self.qk_log_temperature is None:
+            return q, k
+        scale = (self.qk_log_temperature.exp() ** 0.5) * self.head_dim**0.25
+        return F.normalize(q, dim=-1) * scale, F.normalize(k, dim=-1) * scale
+
     def forward(self, x: Tensor, grid: TokenGrid) -> Tensor:
         q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
-        if self.qk_log_temperature is not None:
-            scale = (self.qk_log_temperature.exp() ** 0.5) * self.head_dim**0.25
-            q, k = F.normalize(q, dim=-1) * scale, F.normalize(k, dim=-1) * scale
+        q, k = self.normalize_qk(q, k)
         q, k = self.position.rotate(q, k, grid)
         out = self.kernel(q, k, v, self.position.relative_weights(grid), grid)
         return self.proj_dropout(self.proj(rearrange(out, "b h n d -> b n (h d)")))

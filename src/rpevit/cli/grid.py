@@ -64,6 +64,13 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
         help="run only the I-th (1-based) of N round-robin slices of the sorted run list",
     )
     g.add_argument(
+        "--records",
+        metavar="DIR",
+        help="copy every finished run's records (config, metrics, predictions, CSV logs; no "
+        "checkpoints) to DIR/<model>/seed<seed>, and count runs recorded there as finished: "
+        "commit DIR and a fresh machine continues the grid",
+    )
+    g.add_argument(
         "--jobs",
         default="auto",
         help="parallel worker processes, each running a shard ('auto': one single-threaded "
@@ -109,6 +116,7 @@ def run_grid_command(args: argparse.Namespace) -> int:
                 seeds=args.seeds,
                 out=args.out,
                 nb_features=args.nb_features,
+                records=args.records,
             )
         else:
             summary = run_grid(
@@ -118,6 +126,7 @@ def run_grid_command(args: argparse.Namespace) -> int:
                 out=args.out,
                 shard=shard,
                 nb_features=args.nb_features,
+                records=args.records,
             )
     except TrainingInterrupted as error:
         print(f"rpevit grid: {str(error).split(';')[0]}; {rerun}", file=sys.stderr)

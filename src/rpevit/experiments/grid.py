@@ -19,8 +19,6 @@ import time
 import traceback
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +32,9 @@ from rpevit.experiments.plan import (
     run_folder,
     shard_runs,
 )
+from rpevit.experiments.summary import GridSummary, counts, duration, now
 from rpevit.registry import CORE_MODELS
-from rpevit.runs import RunDir, RunState, summary_path
+from rpevit.runs import METRICS, RunDir, RunState, summary_path
 from rpevit.training import TrainConfig, resolve_config, train
 from rpevit.training.config import GRID_IDENTITY, identity_mismatch
 
@@ -55,74 +54,37 @@ def run_state(run_dir: Path, run: GridRun) -> RunState:
     return RunDir(run_dir).state(run.model, run.seed)
 
 
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _counts(records: Sequence[Mapping[str, Any]]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for record in records:
-        counts[record["status"]] = counts.get(record["status"], 0) + 1
-    return counts
-
-
-@dataclass
-class GridSummary:
-    """The state of every run of a grid (shard), saved atomically to ``path`` on each change."""
-
-    path: Path
-    #: the grid's settings: dataset, preset, out, models, seeds, ..., ``started``
-    header: dict[str, Any]
-    records: dict[GridRun, dict[str, Any]]
-    start: float = field(default_factory=time.perf_counter)
-    #: wall time of every run trained so far, for the estimate of the time left
-    trained_seconds: list[float] = field(default_factory=list)
-
-    def elapsed(self) -> str:
-        return _duration(time.perf_counter() - self.start)
-
-    def time_left(self, remaining: int) -> str:
-        """``, ~<time> left`` for ``remaining`` runs at the mean time per run so far."""
-        if not self.trained_seconds:
-            return ""
-        mean = sum(self.trained_seconds) / len(self.trained_seconds)
-        return f", ~{_duration(remaining * mean)} left"
-
-    def update(self, run: GridRun, **fields: Any) -> None:
-        """Record new facts about ``run`` and save."""
-        self.records[run].update(fields)
-        self.save()
-
-    def save(self) -> dict[str, Any]:
-        """Write the summary (header, timings, every run, counts per status); return it."""
-        runs = list(self.records.values())
-        summary = {
-            **self.header,
-            "updated": _now(),
-            "elapsed_seconds": time.perf_counter() - self.start,
-            "runs": runs,
-            "counts": _counts(runs),
-        }
-        write_json_atomic(self.path, summary)
-        return summary
+def restore_records(records: Path, out: Path, runs: Sequence[GridRun]) -> list[GridRun]:
+    """Copy the records of runs finished elsewhere (``records/<run name>/``, with a valid
+    metrics.json) into ``out`` where that run's folder does not exist yet, so the grid skips
+    them (their config is then checked like any run folder's); return the restored runs."""
+    restored = []
+    for run in runs:
+        source, target = RunDir(records / run.name), run_folder(out, run)
+        if not target.exists() and source.read_metrics(run.model, run.seed) is not None:
+            source.copy_records(target)
+            restored.append(run)
+    return restored
 
 
 def run_one(
-    cfg: TrainConfig, run: GridRun, summary: GridSummary, head: str, remaining: int
+    cfg: TrainConfig,
+    run: GridRun,
+    summary: GridSummary,
+    head: str,
+    remaining: int,
+    records: Path | None = None,
 ) -> None:
     """Skip, resume or train one run of the grid (``remaining`` runs left, this one included),
-    recording the outcome in ``summary``; a failed run is recorded and returns, an
-    interrupted one (signal, Ctrl+C) re-raises."""
+    recording the outcome in ``summary`` and, with ``records``, copying a finished run's
+    records (no checkpoints) to ``records/<run name>/``; a failed run is recorded and
+    returns, an interrupted one (signal, Ctrl+C) re-raises."""
     state = "pending" if cfg.overwrite else run_state(cfg.run_dir, run)
     if state == "finished":
         metrics = RunDir(cfg.run_dir).read_metrics(run.model, run.seed)
         assert metrics is not None
+        if records is not None and not (records / run.name / METRICS).is_file():
+            RunDir(cfg.run_dir).copy_records(records / run.name)
         summary.records[run].update(
             status="finished",
             test_accuracy=metrics.test_accuracy,
@@ -139,7 +101,7 @@ def run_one(
         f"(elapsed {summary.elapsed()}{summary.time_left(remaining)})",
         flush=True,
     )
-    summary.update(run, status="running", started=_now())
+    summary.update(run, status="running", started=now())
     run_start = time.perf_counter()
     try:
         metrics = train(cfg)
@@ -156,6 +118,8 @@ def run_one(
         summary.update(run, status="interrupted")
         raise
     seconds = time.perf_counter() - run_start
+    if records is not None:
+        RunDir(cfg.run_dir).copy_records(records / run.name)
     summary.trained_seconds.append(seconds)
     summary.records[run].update(
         status="finished",
@@ -165,7 +129,7 @@ def run_one(
         val_accuracy=metrics.get("val_accuracy"),
     )
     print(
-        f"{head}: done in {_duration(seconds)}, test acc {metrics['test_accuracy']:.4f}, "
+        f"{head}: done in {duration(seconds)}, test acc {metrics['test_accuracy']:.4f}, "
         f"val acc {metrics['val_accuracy']:.4f} (elapsed {summary.elapsed()})",
         flush=True,
     )
@@ -180,9 +144,13 @@ def run_grid(
     out: str | Path | None = None,
     shard: tuple[int, int] | None = None,
     nb_features: Sequence[int] = (),
+    records: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate every ``models`` x ``seeds`` run (default: the 12 core variants, seed 42),
     and with ``nb_features`` every feature count for the models that have one (an ablation).
+    With ``records`` (a folder, e.g. in the repository), every finished run's records are
+    copied there and runs whose records are there count as finished (:func:`restore_records`),
+    so a grid longer than one machine's session continues on another.
 
     ``config`` holds everything else (data set, preset, sizes, epochs, ...); its ``model``,
     ``seed``, ``run_name`` and ``resume`` are set per run, and ``overwrite=True`` retrains
@@ -205,6 +173,11 @@ def run_grid(
     if unused:
         raise ConfigError(f"option(s) {', '.join(sorted(unused))} apply to none of the models")
     selected = shard_runs(runs, *shard) if shard else runs
+    records_dir = Path(records) if records is not None else None
+    if records_dir is not None and not base.overwrite:
+        restored = restore_records(records_dir, out, selected)
+        if restored:
+            print(f"grid {out}: {len(restored)} finished run(s) restored from {records_dir}")
     configs = {run: resolve_config(run_config(base, run, out)) for run in selected}
     conflicts = [
         f"{run.name} ({'; '.join(diff)})"
@@ -236,7 +209,7 @@ def run_grid(
         "seeds": sorted({int(s) for s in seeds}),
         "nb_features": sorted({int(m) for m in nb_features}),
         "shard": list(shard) if shard else None,
-        "started": _now(),
+        "started": now(),
         "base_config": {
             k: v for k, v in base.to_dict().items() if k not in ("model", "seed", "run_name")
         },
@@ -246,12 +219,12 @@ def run_grid(
     print(f"grid {out}: {len(selected)} runs{shard_note}, {base.dataset}, preset {base.preset}")
     for k, run in enumerate(selected, 1):
         head = f"[{k}/{len(selected)}] {run.name}"
-        run_one(configs[run], run, summary, head, remaining=len(selected) - k + 1)
+        run_one(configs[run], run, summary, head, len(selected) - k + 1, records_dir)
     final = summary.save()
-    counts = final["counts"]
+    tally = final["counts"]
     print(
-        f"grid {out}: {counts.get('finished', 0)}/{len(runs)} runs finished"
-        + (f", {counts['failed']} failed" if counts.get("failed") else "")
+        f"grid {out}: {tally.get('finished', 0)}/{len(runs)} runs finished"
+        + (f", {tally['failed']} failed" if tally.get("failed") else "")
         + f"; summary in {summary.path}"
     )
     return final
@@ -291,11 +264,19 @@ def _stop_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="stop-with-parent", daemon=True).start()
 
 
-def _run_shard(config: TrainConfig, models, seeds, out, shard, nb_features) -> dict[str, Any]:
+def _run_shard(
+    config: TrainConfig, models, seeds, out, shard, nb_features, records
+) -> dict[str, Any]:
     _SHARD_RUNNING.set()
     try:
         return run_grid(
-            config, models=models, seeds=seeds, out=out, shard=shard, nb_features=nb_features
+            config,
+            models=models,
+            seeds=seeds,
+            out=out,
+            shard=shard,
+            nb_features=nb_features,
+            records=records,
         )
     finally:
         _SHARD_RUNNING.clear()
@@ -309,6 +290,7 @@ def run_grid_parallel(
     seeds: Sequence[int] = (42,),
     out: str | Path | None = None,
     nb_features: Sequence[int] = (),
+    records: str | Path | None = None,
 ) -> dict[str, Any]:
     """:func:`run_grid` split into ``jobs`` shards run by parallel worker processes, each with
     ``cpu_count // jobs`` threads unless ``config.threads`` is set. Returns the merged summary
@@ -325,7 +307,7 @@ def run_grid_parallel(
         initargs=(os.getpid(),),
     ) as pool:
         futures = [
-            pool.submit(_run_shard, base, models, seeds, out, (i, jobs), nb_features)
+            pool.submit(_run_shard, base, models, seeds, out, (i, jobs), nb_features, records)
             for i in range(1, jobs + 1)
         ]
         shards = [future.result() for future in futures]
@@ -333,7 +315,7 @@ def run_grid_parallel(
         (r for s in shards for r in s["runs"] if r["selected"]),
         key=lambda r: (r["model"], r["nb_features"] or 0, r["seed"]),
     )
-    merged = {**shards[0], "shard": None, "jobs": jobs, "runs": runs, "counts": _counts(runs)}
+    merged = {**shards[0], "shard": None, "jobs": jobs, "runs": runs, "counts": counts(runs)}
     merged["elapsed_seconds"] = max(s["elapsed_seconds"] for s in shards)
     write_json_atomic(summary_path(out, None), merged)
     return merged

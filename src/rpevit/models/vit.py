@@ -43,6 +43,28 @@ class ViTConfig:
         return self.dim // self.heads
 
 
+def init_transformer_weights(root: nn.Module) -> None:
+    """ViT initialisation of ``root``'s linears (truncated-normal 0.02, zero biases) and layer
+    norms (1, 0). Attention kernels keep their own initialisation (e.g. the ReLU kernel's
+    orthogonal feature projection): 0.02 would shrink features to ~1e-3."""
+    kernel_parts = {
+        id(part)
+        for kernel in root.modules()
+        if isinstance(kernel, AttentionKernel)
+        for part in kernel.modules()
+    }
+    for module in root.modules():
+        if id(module) in kernel_parts:
+            continue
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
 class MLP(nn.Sequential):
     """Two-layer GELU feed-forward network."""
 
@@ -124,25 +146,9 @@ class VisionTransformer(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        """ViT initialisation: truncated-normal(0.02) linears and embeddings, zero biases,
-        fan-in scaled patch embedding. Attention kernels keep their own initialisation (e.g. the
-        ReLU kernel's orthogonal feature projection): 0.02 would shrink features to ~1e-3."""
-        kernel_parts = {
-            id(part)
-            for kernel in self.modules()
-            if isinstance(kernel, AttentionKernel)
-            for part in kernel.modules()
-        }
-        for module in self.modules():
-            if id(module) in kernel_parts:
-                continue
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        """ViT initialisation (:func:`init_transformer_weights`), embeddings truncated-normal
+        (0.02), fan-in scaled patch embedding."""
+        init_transformer_weights(self)
         w = self.patch_embed.weight
         nn.init.trunc_normal_(w.view(w.shape[0], -1), std=(1.0 / w[0].numel()) ** 0.5)
         nn.init.zeros_(self.patch_embed.bias)
