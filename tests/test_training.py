@@ -17,8 +17,9 @@ from rpevit.cli.train import add_train_arguments, config_from_args
 from rpevit.errors import CheckpointError, ConfigError, DataNotFoundError
 from rpevit.runs import RunDir
 from rpevit.training import evaluate, load_checkpoint, resolve_config, train
-from rpevit.training.config import apply_min_steps, check_precision
+from rpevit.training.config import apply_min_steps
 from rpevit.training.module import param_groups, warmup_cosine
+from rpevit.training.precision import bf16_note, check_precision, cpu_has_native_bf16
 from rpevit.training.presets import MIN_STEPS
 
 METRIC_KEYS = {
@@ -152,6 +153,26 @@ def test_fp16_needs_a_gpu():
     check_precision("bf16-mixed", "cpu")
     with pytest.raises(ConfigError, match="needs a GPU"):
         check_precision("16-mixed", "cpu")
+
+
+def test_bf16_on_a_cpu_without_native_bf16_gets_a_one_line_note(tmp_path, monkeypatch):
+    zen4 = tmp_path / "zen4"
+    zen4.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 avx2\n")
+    old = tmp_path / "old"
+    old.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd bf16 sve\n")
+    assert cpu_has_native_bf16(str(zen4)) and cpu_has_native_bf16(str(arm))
+    assert cpu_has_native_bf16(str(old)) is False
+    assert cpu_has_native_bf16(str(tmp_path / "missing")) is None
+    import rpevit.training.precision as precision
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    note = bf16_note("bf16-mixed", "cpu")
+    assert "no native bf16" in note and "--precision 32-true" in note and "\n" not in note
+    assert bf16_note("32-true", "cpu") is None and bf16_note("bf16-mixed", "gpu") is None
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: None)  # unknown: no note
+    assert bf16_note("bf16-mixed", "cpu") is None
 
 
 def test_cli_arguments_become_a_config():

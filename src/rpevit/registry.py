@@ -233,6 +233,19 @@ def to_pair(size: int | tuple[int, int] | list[int], what: str) -> tuple[int, in
     return pair  # type: ignore[return-value]
 
 
+def check_positive(sizes: Mapping[str, Any]) -> None:
+    """ValueError naming the first of ``sizes`` that is not a positive integer."""
+    for key, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key} must be a positive integer, got {value!r}")
+
+
+def check_heads(dim: int, heads: int) -> None:
+    """ValueError unless ``dim`` splits into ``heads`` equal heads."""
+    if dim % heads:
+        raise ValueError(f"dim {dim} is not divisible by heads {heads}; choose dim = heads * k")
+
+
 def build_config(
     image_size: int | tuple[int, int] | list[int], sizes: dict[str, Any], backbone: dict[str, Any]
 ) -> ViTConfig:
@@ -240,17 +253,14 @@ def build_config(
     num_classes, patch_size, dim, depth, heads, mlp_dim) and ``backbone`` options; impossible
     sizes raise ValueError saying what to change."""
     image_size = to_pair(image_size, "image_size")
-    for key, value in sizes.items():
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{key} must be a positive integer, got {value!r}")
-    patch_size, dim, heads = sizes["patch_size"], sizes["dim"], sizes["heads"]
+    check_positive(sizes)
+    patch_size = sizes["patch_size"]
     if image_size[0] % patch_size or image_size[1] % patch_size:
         raise ValueError(
             f"image size {image_size[0]}x{image_size[1]} is not divisible by patch size "
             f"{patch_size}; choose a patch size that divides both sides"
         )
-    if dim % heads:
-        raise ValueError(f"dim {dim} is not divisible by heads {heads}; choose dim = heads * k")
+    check_heads(sizes["dim"], sizes["heads"])
     return ViTConfig(image_size=image_size, **sizes, **backbone)
 
 

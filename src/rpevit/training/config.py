@@ -25,6 +25,7 @@ from rpevit.errors import ConfigError
 from rpevit.registry import RECIPE_OPTIONS, parse_model_name
 from rpevit.runs import LAST
 from rpevit.training.module import build_model
+from rpevit.training.precision import PRECISIONS
 from rpevit.training.presets import MIN_STEPS, PRESETS
 
 S = TypeVar("S", bound=Section)
@@ -53,9 +54,6 @@ RUN_IDENTITY = (
 #: between runs averaged in a report: the run identity, the training length and the initial
 #: weights (a finished shorter run, or one trained from scratch, is not the requested result).
 GRID_IDENTITY = (*RUN_IDENTITY, "epochs", "min_steps", "max_steps", "init_from")
-
-PRECISIONS = ("32-true", "32", "64-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true")
-CPU_PRECISIONS = ("32-true", "32", "64-true", "bf16-mixed", "bf16-true")
 
 
 def parse_devices(text: str) -> int | str | list[int]:
@@ -285,14 +283,6 @@ def resolve_config(config: TrainConfig | Mapping[str, Any]) -> TrainConfig:
             ),
         )
     return config
-
-
-def check_precision(precision: str, accelerator: str) -> None:
-    """Reject precisions the resolved accelerator cannot run (fp16 autocast needs a GPU)."""
-    if accelerator == "cpu" and precision not in CPU_PRECISIONS:
-        raise ConfigError(
-            f"precision {precision!r} needs a GPU; on CPU use one of {', '.join(CPU_PRECISIONS)}"
-        )
 
 
 def identity_mismatch(

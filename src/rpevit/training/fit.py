@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import shutil
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,12 +36,12 @@ from rpevit.training.checkpointing import (
 from rpevit.training.config import (
     TrainConfig,
     apply_min_steps,
-    check_precision,
     identity_mismatch,
     resolve_config,
 )
 from rpevit.training.evaluation import evaluate_checkpoint, record_last_checkpoint
 from rpevit.training.module import ImageClassifier
+from rpevit.training.precision import bf16_note, check_precision
 
 #: Lightning DDP strategy names -> process start method (see :func:`_strategy`).
 _DDP_START_METHODS = {"ddp": "popen", "ddp_spawn": "spawn", "ddp_fork": "fork"}
@@ -175,6 +176,8 @@ def train(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[L.Call
     """
     config = resolve_config(config)
     check_precision(config.precision, _resolve_accelerator(config))
+    if note := bf16_note(config.precision, _resolve_accelerator(config)):
+        print(note, file=sys.stderr)
     if config.threads:
         torch.set_num_threads(config.threads)
     run, resume_from = _prepare_run_dir(config)

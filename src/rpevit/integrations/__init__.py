@@ -1,0 +1,1 @@
+"""Bridges to other libraries' models; each needs its optional extra (e.g. ``[timm]``)."""
