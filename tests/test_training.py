@@ -291,6 +291,21 @@ def test_end_to_end_training_writes_a_complete_run(tmp_path):
         train(tiny_run(tmp_path, run_name="e2e"))
 
 
+def test_training_console_has_no_framework_chatter_but_keeps_real_warnings(tmp_path, capfd):
+    import warnings
+
+    config = tiny_run(tmp_path, run_name="quiet", epochs=1, max_train_samples=128)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train({**config, "log_every_n_steps": 50})
+    messages = [str(w.message) for w in caught]
+    assert any("smaller than the logging interval" in m for m in messages)  # a real warning
+    assert not any("LeafSpec" in m for m in messages)
+    printed = "".join(capfd.readouterr())
+    for chatter in ("GPU available", "TPU available", "litlogger", "Loading `train_dataloader`"):
+        assert chatter not in printed, chatter
+
+
 class Scramble(L.Callback):
     """Overwrites every weight with noise at the start of epoch ``epoch``: the run ends far
     below its best (a collapse like a late FAVOR+ redraw's)."""

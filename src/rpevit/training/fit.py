@@ -8,10 +8,13 @@ uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import logging
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +169,26 @@ def build_trainer(
         raise ConfigError(f"cannot set up training: {one_line(e)}") from e
 
 
+#: Lightning's logger of informational lines that say nothing to our users (GPU/TPU
+#: availability, adverts, "Loading `train_dataloader` ...", "`Trainer.fit` stopped").
+LIGHTNING_INFO_LOGGER = "lightning.pytorch.utilities.rank_zero"
+
+
+@contextlib.contextmanager
+def quiet_framework() -> Iterator[None]:
+    """Silence Lightning's informational lines and the pytree deprecation warning it raises
+    with recent torch, for one run; real warnings (``rank_zero_warn``) still show."""
+    logger = logging.getLogger(LIGHTNING_INFO_LOGGER)
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def train(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[L.Callback] = ()) -> dict:
     """Train ``config.model`` on ``config.dataset``, evaluate the best checkpoint on the test
     split and write ``config.json`` and ``metrics.json`` in the run folder.
@@ -173,7 +196,13 @@ def train(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[L.Call
     Returns the metrics (an empty dict on DDP ranks other than 0). ``callbacks`` are added
     to the Trainer's. With ``config.resume`` training continues from ``last.ckpt`` exactly
     where it stopped (model, optimizer, schedule, data order, augmentation, RNG).
+    Lightning's informational console lines are silenced (:func:`quiet_framework`).
     """
+    with quiet_framework():
+        return _train(config, callbacks)
+
+
+def _train(config: TrainConfig | Mapping[str, Any], callbacks: Sequence[L.Callback]) -> dict:
     config = resolve_config(config)
     check_precision(config.precision, _resolve_accelerator(config))
     if note := bf16_note(config.precision, _resolve_accelerator(config)):
