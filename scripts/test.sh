@@ -3,5 +3,5 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 cd "$ROOT"
-ruff check src tests experiments
+ruff check src tests experiments examples
 python -m pytest "$@"

@@ -99,7 +99,7 @@ def test_linformer_sharing_and_fixed_length(sharing):
 
 
 def test_linformer_rejects_bad_options():
-    with pytest.raises(ValueError, match="unknown linformer_sharing"):
+    with pytest.raises(ValueError, match="linformer_sharing must be 'none', 'key-value' or"):
         _make("linformer-ape", linformer_sharing="all")
     with pytest.raises(ValueError, match="linformer_k must be >= 1"):
         _make("linformer-ape", linformer_k=0)

@@ -189,7 +189,7 @@ def test_flops_count_the_fft_of_the_rpe_path():
         (dict(pool="max"), "pool must be 'cls' or 'mean'"),
         (dict(nb_features=16), "do not apply to model 'softmax-ape'"),
         (dict(name="favor-ape", nb_features=0), "nb_features must be >= 1"),
-        (dict(name="favor-rope", rope_mode="spiral"), "unknown RoPE mode"),
+        (dict(name="favor-rope", rope_mode="spiral"), "rope_mode must be 'axial' or 'mixed'"),
         (dict(name="relu-ape", nb_features=64), "feature_projection='learned'"),
         (dict(depth=0), "depth must be a positive integer"),
         (dict(image_size=(28, 28, 3)), "image_size must be"),

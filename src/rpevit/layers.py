@@ -27,12 +27,16 @@ from rpevit.registry import (
 #: The backbone options that configure the attention layer itself (the others are refused).
 LAYER_OPTIONS = ("qk_norm",)
 
+#: A patch grid at call time: ``(h, w)``, an int for a square, or a full :class:`TokenGrid`.
+GridSize = int | tuple[int, int] | TokenGrid
+
 
 class GridAttention(Attention):
     """:class:`Attention` that knows its token layout ``grid``: ``forward(x)`` maps
     ``[B, P + H*W, dim]`` to the same shape; ``forward(x, grid_size=(h, w))`` runs on another
-    patch grid (a resolution change) where the encoding allows it. ``model_name`` is the
-    registry name it was built from."""
+    patch grid (a resolution change) where the encoding allows it, and ``forward(x, grid)`` with
+    a :class:`TokenGrid` works as for :class:`Attention`, so the layer can stand in for one.
+    ``model_name`` is the registry name it was built from."""
 
     def __init__(
         self,
@@ -85,22 +89,27 @@ class GridAttention(Attention):
         init_transformer_weights(layer)
         return layer
 
-    def token_grid(self, grid_size: int | tuple[int, int] | None = None) -> TokenGrid:
-        """The layout of a call: the layer's own ``grid``, or that grid resized to ``grid_size``
-        (ValueError where the kernel has a fixed token count, i.e. Linformer)."""
+    def token_grid(self, grid_size: GridSize | None = None) -> TokenGrid:
+        """The layout of a call: the layer's own ``grid``, that grid resized to ``grid_size``
+        ``(h, w)``, or ``grid_size`` itself if it is a :class:`TokenGrid` (as ``Attention``
+        takes it); ValueError where the kernel has a fixed token count (Linformer)."""
         if grid_size is None:
             return self.grid
-        height, width = to_pair(grid_size, "grid_size")
-        grid = dataclasses.replace(self.grid, height=height, width=width)
+        if isinstance(grid_size, TokenGrid):
+            grid = grid_size
+        else:
+            height, width = to_pair(grid_size, "grid_size")
+            grid = dataclasses.replace(self.grid, height=height, width=width)
         if isinstance(self.kernel, LinformerKernel) and grid.num_tokens != self.grid.num_tokens:
             raise ValueError(
                 f"{self.model_name} has a fixed sequence length of {self.grid.num_tokens} tokens "
-                f"(Linformer projects the token axis), so it cannot run on a {height}x{width} "
-                "grid; keep the grid it was built for, or use another kernel"
+                f"(Linformer projects the token axis), so it cannot run on a "
+                f"{grid.height}x{grid.width} grid; keep the grid it was built for, or use "
+                "another kernel"
             )
         return grid
 
-    def forward(self, x: Tensor, grid_size: int | tuple[int, int] | None = None) -> Tensor:
+    def forward(self, x: Tensor, grid_size: GridSize | None = None) -> Tensor:
         grid = self.token_grid(grid_size)
         dim = self.qkv.in_features
         if x.ndim != 3 or x.shape[1:] != (grid.num_tokens, dim):

@@ -6,7 +6,7 @@ Adding a kernel or a position encoding is one class plus one line in ``KERNELS``
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -167,14 +167,16 @@ class Variant:
     name: str
     kernel: str
     position: str
-    backbone: dict[str, Any] = field(default_factory=dict)
-    kernel_options: dict[str, Any] = field(default_factory=dict)
-    position_options: dict[str, Any] = field(default_factory=dict)
+    backbone: dict[str, Any]
+    kernel_options: dict[str, Any]
+    position_options: dict[str, Any]
 
     def make_kernel(self, shape: LayerShape, shared: dict) -> AttentionKernel:
+        """The kernel of a layer of ``shape``; ``shared`` holds modules shared across layers."""
         return KERNELS[self.kernel][0](shape, shared, **self.kernel_options)
 
     def make_position(self, shape: LayerShape) -> PositionEncoding:
+        """The position encoding of a layer of ``shape``."""
         return POSITIONS[self.position][0](shape, **self.position_options)
 
 

@@ -2,8 +2,8 @@
 worker subprocess run exactly the same step.
 
 A spec is a dict with ``kind``:
-- ``"layer"``: one :class:`rpevit.attention.Attention` (built through the registry, CLS token
-  included) on ``[batch, tokens + 1, heads * head_dim]``, forward + backward;
+- ``"layer"``: one attention layer (:func:`rpevit.create_attention`, CLS token included) on
+  ``[batch, tokens + 1, heads * head_dim]``, forward + backward;
 - ``"model"``: a registered ViT on random images, ``mode`` ``"forward"`` (inference),
   ``"train"`` (forward + backward of the cross-entropy) or ``"step"`` (plus an AdamW step).
 """
@@ -16,10 +16,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from rpevit.attention.module import Attention
-from rpevit.positions.base import TokenGrid
+from rpevit.layers import GridAttention, create_attention
 from rpevit.registry import PERFORMER_KERNELS, create_model
 
 
@@ -49,28 +47,22 @@ def build_attention(
     nb_features: int | None = None,
     rpe_method: str | None = None,
     **options: Any,
-) -> Attention:
-    """The attention layer ``create_model(variant, ...)`` puts in its blocks, for an
-    ``H x W`` patch grid (taken from a one-block model with 1-pixel patches)."""
-    model = create_model(
+) -> GridAttention:
+    """The attention layer ``create_model(variant, ...)`` puts in its blocks, for an ``H x W``
+    patch grid and a CLS token, with the benchmarks' kernel options."""
+    return create_attention(
         variant,
-        image_size=grid,
-        in_chans=1,
-        num_classes=1,
-        patch_size=1,
-        dim=heads * head_dim,
-        depth=1,
-        heads=heads,
-        mlp_dim=1,
+        heads * head_dim,
+        heads,
+        grid,
         **kernel_options(variant, nb_features, rpe_method),
         **options,
     )
-    return model.blocks[0].attn
 
 
 def _layer_step(spec: dict[str, Any]) -> Callable[[], None]:
     height, width = square_grid(spec["tokens"])
-    layer: nn.Module = build_attention(
+    layer = build_attention(
         spec["variant"],
         (height, width),
         spec["heads"],
@@ -78,8 +70,7 @@ def _layer_step(spec: dict[str, Any]) -> Callable[[], None]:
         spec.get("nb_features"),
         spec.get("rpe_method"),
     )
-    grid = TokenGrid(height, width, 1)
-    shape = (spec["batch"], grid.num_tokens, spec["heads"] * spec["head_dim"])
+    shape = (spec["batch"], layer.grid.num_tokens, spec["heads"] * spec["head_dim"])
     x = torch.randn(shape, requires_grad=True)
     grad = torch.randn(shape)
     run = torch.compile(layer) if spec.get("compile") else layer
@@ -87,7 +78,7 @@ def _layer_step(spec: dict[str, Any]) -> Callable[[], None]:
     def step() -> None:
         layer.zero_grad(set_to_none=True)
         x.grad = None
-        run(x, grid).backward(grad)
+        run(x).backward(grad)
 
     return step
 

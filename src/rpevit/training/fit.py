@@ -264,8 +264,10 @@ def _train(config: TrainConfig | Mapping[str, Any], callbacks: Sequence[L.Callba
     )
     metrics.train_seconds_per_epoch = timer.mean_seconds
     metrics.train_seconds_epochs = timer.epoch_seconds
-    if run.last.is_file():
+    try:  # the final state beside the best (none to record if last.ckpt is unreadable)
         record_last_checkpoint(metrics, run.last, datamodule, trainer.strategy.root_device)
+    except CheckpointError as error:
+        print(f"rpevit: final state not recorded: {error}", file=sys.stderr)
     run.write_metrics(metrics)
     return metrics.to_dict()
 
