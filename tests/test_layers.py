@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import rpevit
 from rpevit.layers import GridAttention
@@ -159,3 +160,31 @@ def test_gradients_reach_every_layer_parameter(name, options):
     layer(torch.randn(2, 13, DIM), grid_size=(3, 4)).square().sum().backward()
     for key, p in layer.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, key
+
+
+@pytest.mark.parametrize("tau", [1.0, 4.0, 16.0])
+def test_qk_temperature_sets_the_initial_logit_scale_of_qk_norm(tau):
+    """With qk_norm the logits are tau * cos(q, k), tau starting at qk_temperature (Luo et al.'s
+    normalised features: the temperature decides how peaked attention can start)."""
+    layer = rpevit.create_attention("softmax-ape", 32, 2, (2, 2), qk_norm=True, qk_temperature=tau)
+    q, k = (
+        torch.randn(2, 2, 5, 16, dtype=torch.float64),
+        torch.randn(2, 2, 5, 16, dtype=torch.float64),
+    )
+    qn, kn = layer.double().normalize_qk(q, k)
+    logits = qn @ kn.transpose(-1, -2) / 16**0.5
+    cosine = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-1, -2)
+    torch.testing.assert_close(logits, tau * cosine)
+    model = rpevit.create_model(
+        "favor-rpe", image_size=8, in_chans=1, num_classes=2, patch_size=4, dim=16, depth=2,
+        heads=2, mlp_dim=16, qk_norm=True, qk_temperature=tau,
+    )  # fmt: skip
+    for block in model.blocks:
+        torch.testing.assert_close(block.attn.qk_log_temperature.exp(), torch.full((2, 1, 1), tau))
+
+
+def test_qk_temperature_needs_qk_norm_and_a_positive_number():
+    with pytest.raises(ValueError, match="pass qk_norm=True as well"):
+        rpevit.create_attention("favor-ape", 32, 2, (2, 2), qk_temperature=2.0)
+    with pytest.raises(ValueError, match="qk_temperature must be > 0, got 0"):
+        rpevit.create_attention("favor-ape", 32, 2, (2, 2), qk_norm=True, qk_temperature=0)

@@ -25,7 +25,7 @@ from rpevit.registry import (
 )
 
 #: The backbone options that configure the attention layer itself (the others are refused).
-LAYER_OPTIONS = ("qk_norm",)
+LAYER_OPTIONS = ("qk_norm", "qk_temperature")
 
 #: A patch grid at call time: ``(h, w)``, an int for a square, or a full :class:`TokenGrid`.
 GridSize = int | tuple[int, int] | TokenGrid
@@ -48,8 +48,9 @@ class GridAttention(Attention):
         *,
         name: str,
         qk_norm: bool = False,
+        qk_temperature: float = 4.0,
     ) -> None:
-        super().__init__(dim, heads, kernel, position, qk_norm)
+        super().__init__(dim, heads, kernel, position, qk_norm, qk_temperature=qk_temperature)
         self.grid = grid
         self.model_name = name
 
@@ -85,6 +86,7 @@ class GridAttention(Attention):
             grid,
             name=name,
             qk_norm=variant.backbone.get("qk_norm", False),
+            qk_temperature=variant.backbone.get("qk_temperature", 4.0),
         )
         init_transformer_weights(layer)
         return layer

@@ -135,7 +135,7 @@ CORE_MODELS = [f"{kernel}-{position}" for kernel in CORE_KERNELS for position in
 STUDY_MODELS = CORE_MODELS + [f"{kernel}-frpe" for kernel in CORE_KERNELS]
 
 #: Options of the backbone itself (``ViTConfig`` fields beyond the required sizes).
-BACKBONE_OPTIONS = ("pool", "ape", "qk_norm", "dropout", "emb_dropout")
+BACKBONE_OPTIONS = ("pool", "ape", "qk_norm", "qk_temperature", "dropout", "emb_dropout")
 
 #: The expected type and values of every option, backbone, kernel and position alike (checked by
 #: :func:`resolve_variant`; see :mod:`rpevit.option_types`).
@@ -143,6 +143,7 @@ OPTION_TYPES: dict[str, OptionType] = {
     "pool": choice("cls", "mean"),
     "ape": FLAG,
     "qk_norm": FLAG,
+    "qk_temperature": positive(),
     "dropout": fraction(upper_open=True),
     "emb_dropout": fraction(upper_open=True),
     "nb_features": integer(1),
@@ -203,6 +204,10 @@ def resolve_variant(
         return {k: v for k, v in options.items() if k in keys and v is not None}
 
     backbone = {k: v for k, v in options.items() if k in backbone_keys}
+    if "qk_temperature" in backbone and not backbone.get("qk_norm"):
+        raise ValueError(
+            "qk_temperature is the initial temperature of qk_norm; pass qk_norm=True as well"
+        )
     return Variant(name, kernel, position, backbone, pick(kernel_keys), pick(position_keys))
 
 
@@ -281,7 +286,8 @@ def create_model(
 ) -> nn.Module:
     """Build a registered ViT variant, e.g. ``create_model("favor-rope", image_size=28, ...)``.
 
-    Options: backbone ``pool`` ("cls"/"mean"), ``ape`` (bool), ``qk_norm``, ``dropout``,
+    Options: backbone ``pool`` ("cls"/"mean"), ``ape`` (bool), ``qk_norm`` and
+    ``qk_temperature`` (its initial temperature, default 4), ``dropout``,
     ``emb_dropout``; kernel ``nb_features``, ``redraw_interval``, ``redraw_stop``,
     ``feature_projection``, ``rpe_method``, ``linformer_k``, ``linformer_sharing``; position
     ``rope_mode`` ("axial"/"mixed"), ``rope_base``, ``string_base``, ``frpe_terms`` (cosine

@@ -17,8 +17,9 @@ class Attention(nn.Module):
     """``qkv -> [q/k l2-norm] -> position.rotate -> kernel(+relative weights) -> proj``.
 
     ``qk_norm`` (Luo et al. 2021, sec. 3.3) l2-normalises q and k and scales their product by a
-    learnable per-head temperature ``tau`` (init 4), so the logits are ``tau * cos(q, k)``: the
-    FAVOR+ variance, which grows like ``exp(|q||k|/sqrt(d))``, stays bounded.
+    learnable per-head temperature ``tau`` (initially ``qk_temperature``, 4 by default), so the
+    logits are ``tau * cos(q, k)``: the FAVOR+ variance, which grows like
+    ``exp(|q||k|/sqrt(d))``, stays bounded.
     """
 
     def __init__(
@@ -29,6 +30,7 @@ class Attention(nn.Module):
         position: PositionEncoding,
         qk_norm: bool = False,
         proj_dropout: float = 0.0,
+        qk_temperature: float = 4.0,
     ) -> None:
         super().__init__()
         self.heads, self.head_dim = heads, dim // heads
@@ -38,7 +40,8 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_dropout = nn.Dropout(proj_dropout)
         if qk_norm:
-            self.qk_log_temperature = nn.Parameter(torch.full((heads, 1, 1), math.log(4.0)))
+            initial = math.log(qk_temperature)
+            self.qk_log_temperature = nn.Parameter(torch.full((heads, 1, 1), initial))
         else:
             self.qk_log_temperature = None
 

@@ -31,6 +31,7 @@ class ViTConfig:
     pool: str = "cls"
     ape: bool = True
     qk_norm: bool = False
+    qk_temperature: float = 4.0
     dropout: float = 0.0
     emb_dropout: float = 0.0
 
@@ -137,6 +138,7 @@ class VisionTransformer(nn.Module):
                     make_position(),
                     config.qk_norm,
                     config.dropout,
+                    config.qk_temperature,
                 ),
             )
             for _ in range(config.depth)
