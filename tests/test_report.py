@@ -377,3 +377,34 @@ def test_the_report_warns_about_runs_that_did_not_end_at_their_best(tmp_path):
     _set_curve(write_run(rising, "softmax-ape", 1, 0.5), [0.4, 0.5, 0.6])
     assert build_report(rising, tmp_path / "r2", data_dir=tmp_path / "no-data")["warnings"] == []
     assert "WARNING" not in (tmp_path / "r2" / "results.md").read_text()
+
+
+def test_budget_report_groups_runs_by_epochs_and_pairs_gaps_by_seed(tmp_path):
+    from rpevit.report.budgets import build_budget_report
+
+    accuracy = {  # (model, budget): per seed 1, 2, 3
+        ("softmax-ape", 3): (0.50, 0.52, 0.51),
+        ("favor-ape", 3): (0.53, 0.54, 0.52),
+        ("softmax-ape", 9): (0.60, 0.62, 0.61),
+        ("favor-ape", 9): (0.58, 0.59, 0.57),
+        ("favor-rope", 9): (0.61, 0.63, 0.61),
+        ("softmax-rope", 9): (0.62, 0.63, 0.63),
+    }
+    for (model, budget), values in accuracy.items():
+        for seed, acc in zip((1, 2, 3), values, strict=True):
+            write_run(tmp_path / f"e{budget}", model, seed, acc, epochs=budget)
+    summary = build_budget_report([tmp_path / "e3", tmp_path / "e9"], tmp_path / "out")
+    gaps = {(g["budget"], g["variant"]): g for g in summary["gaps"]}
+    assert set(gaps) == {(3, "favor-ape"), (9, "favor-ape"), (9, "favor-rope")}
+    assert gaps[3, "favor-ape"]["gap_to_softmax_same"] == pytest.approx(0.02)
+    assert gaps[9, "favor-ape"]["gap_to_softmax_same"] == pytest.approx(-0.03)
+    rope = gaps[9, "favor-rope"]
+    assert rope["gap_to_softmax_same"] == pytest.approx((-0.01 + 0.0 - 0.02) / 3)
+    assert rope["gap_to_softmax_ape"] == pytest.approx(0.02 / 3)
+    assert rope["seed_p_holm"] is not None and rope["gap_to_softmax_same_ci"][0] < 0
+    rows = {(r["budget"], r["variant"]): r for r in summary["accuracy"]}
+    assert rows[9, "softmax-ape"]["test_accuracy_mean"] == pytest.approx(0.61)
+    text = (tmp_path / "out" / "budgets.md").read_text()
+    assert "| favor-ape | 53.00 ± 1.00 (3) | 58.00 ± 1.00 (3) |" in text
+    for name in ("accuracy_vs_budget", "gap_vs_budget"):
+        assert (tmp_path / "out" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from rpevit.report.budgets import build_budget_report
 from rpevit.report.build import build_report
 
 
@@ -23,10 +24,23 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--image-index", type=int, default=0, help="test image for the attention maps (default 0)"
     )
+    parser.add_argument(
+        "--by-budget",
+        action="store_true",
+        help="instead: the gap by training budget, runs grouped by their epochs (budgets.md, "
+        "accuracy and gap against budget; default --out: <first RUNS_DIR>/budgets)",
+    )
 
 
 def run_report_command(args: argparse.Namespace) -> int:
     """Handler of ``rpevit report``: build the report, print where it is and any notes."""
+    if args.by_budget:
+        out = args.out or f"{args.runs_dirs[0]}/budgets"
+        budgets = build_budget_report(args.runs_dirs, out)
+        for note in budgets["notes"]:
+            print(f"note: {note}")
+        print(f"budget report of {len(budgets['accuracy'])} rows: {out}/budgets.md")
+        return 0
     summary = build_report(
         args.runs_dirs, args.out, data_dir=args.data_dir, image_index=args.image_index
     )

@@ -29,8 +29,8 @@ METHODS = (
     "degrees of freedom); the family it is corrected for was declared before the runs: each "
     "Performer kernel against softmax with the same encoding and each relative encoding "
     "against APE with the same kernel, plain study models only (— : outside the family); p "
-    "Holm (seeds, family) is Holm-adjusted over that family. |Δ| below: the smallest margin δ "
-    "for which two one-sided t-tests (TOST) reject |Δ| ≥ δ at family-wise level 0.05 "
+    "Holm (seeds, family) is Holm-adjusted over that family. Equivalence margin δ: the smallest "
+    "margin for which two one-sided t-tests (TOST) reject |Δ| ≥ δ at family-wise level 0.05 "
     "(Bonferroni over the family): the seeds exclude differences of δ or more, and only a "
     'statement of equivalence within δ is supported, not "no difference". '
     "only first / only second "
@@ -91,7 +91,7 @@ def _comparison_table(records: Sequence[dict[str, Any]]) -> str:
             "95% CI, seeds (t)",
             "p (seeds, t)",
             "p Holm (seeds, family)",
-            "|Δ| below (pp, family-wise)",
+            "equivalence margin δ (pp, family-wise)",
             "95% CI, images (bootstrap)",
             "only first / only second right",
             "p (images)",

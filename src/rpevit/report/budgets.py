@@ -1,0 +1,195 @@
+"""The gap as a function of the training budget: runs of one data set trained for several epoch
+budgets (a grid per budget), grouped by the epochs they trained.
+
+Per budget and variant: test accuracy over seeds (mean, std, t interval). Per budget and
+Performer variant ``K-X``: the paired difference to ``softmax-X`` (the declared family's
+kernel comparison, with its seed-level Holm p over that budget's family, see
+:func:`rpevit.report.paired.comparisons`) and to ``softmax-ape`` (seed t interval only: not in
+the declared family), each over the seeds both ran. Two figures: test accuracy against budget
+per variant, and each Performer gap to softmax with the same encoding against budget, with its
+seed interval.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from rpevit.atomic import atomic_write, write_json_atomic
+from rpevit.registry import PERFORMER_KERNELS
+from rpevit.report.paired import comparisons
+from rpevit.report.plot_style import save_png, variant_style
+from rpevit.report.results_render import NA, markdown_table
+from rpevit.report.runs import Run, load_runs
+from rpevit.report.stats import paired_difference
+from rpevit.report.tables import pct, pp, summarise
+
+
+def runs_by_budget(runs: Sequence[Run]) -> dict[int, list[Run]]:
+    """The runs grouped by the epochs they trained, smallest budget first (runs initialised
+    from another run are left out: their budget is not their own epochs)."""
+    groups: dict[int, list[Run]] = {}
+    for run in runs:
+        if run.source is None and run.epochs is not None:
+            groups.setdefault(int(run.epochs), []).append(run)
+    return dict(sorted(groups.items()))
+
+
+def _gap(runs: Sequence[Run], variant: str, reference: str) -> dict[str, Any]:
+    """Paired test-accuracy difference ``variant - reference`` over their common seeds."""
+
+    def accuracy(name: str) -> dict[int, float]:
+        return {r.seed: r.metrics.test_accuracy for r in runs if r.variant == name}
+
+    return paired_difference(accuracy(variant), accuracy(reference))
+
+
+def budget_tables(by_budget: dict[int, list[Run]]) -> tuple[list[dict], list[dict]]:
+    """Rows of test accuracy per (budget, variant) and of Performer gaps per (budget, variant)."""
+    accuracy, gaps = [], []
+    for budget, runs in by_budget.items():
+        rows = summarise(runs)
+        family = {(r["variant"], r["reference"]): r for r in comparisons(rows, runs) if r["family"]}
+        for row in rows:
+            accuracy.append({"budget": budget, **{k: row[k] for k in (
+                "variant", "model", "kernel", "position", "runs", "seeds",
+                "test_accuracy_mean", "test_accuracy_std", "test_accuracy_ci")}})  # fmt: skip
+            if row["kernel"] not in PERFORMER_KERNELS or row["variant"] != row["model"]:
+                continue
+            same = f"softmax-{row['position']}"
+            record = family.get((row["variant"], same), {})
+            to_same, to_ape = (
+                _gap(runs, row["variant"], same),
+                _gap(runs, row["variant"], "softmax-ape"),
+            )
+            gaps.append({
+                "budget": budget, "variant": row["variant"], "kernel": row["kernel"],
+                "position": row["position"], "seeds": to_same["seeds"],
+                "gap_to_softmax_same": to_same["mean"], "gap_to_softmax_same_ci": to_same["ci"],
+                "seed_p": record.get("seed_p"), "seed_p_holm": record.get("seed_p_holm"),
+                "equivalence_margin": record.get("equivalence_margin"),
+                "gap_to_softmax_ape": to_ape["mean"], "gap_to_softmax_ape_ci": to_ape["ci"],
+            })  # fmt: skip
+    return accuracy, gaps
+
+
+def _interval(ci: Sequence[float] | None) -> str:
+    return NA if ci is None else f"[{pp(ci[0])}, {pp(ci[1])}]"
+
+
+def budgets_markdown(accuracy: list[dict], gaps: list[dict], plots: Sequence[Path]) -> str:
+    """``budgets.md``: test accuracy per variant and budget, then the Performer gaps."""
+    budgets = sorted({r["budget"] for r in accuracy})
+    cells: dict[str, dict[int, str]] = {}
+    for r in accuracy:
+        std = "" if r["test_accuracy_std"] is None else f" ± {pct(r['test_accuracy_std'])}"
+        text = f"{pct(r['test_accuracy_mean'])}{std} ({r['runs']})"
+        cells.setdefault(r["variant"], {})[r["budget"]] = text
+    table = markdown_table(
+        ["variant", *[f"{b} epochs: test acc % (seeds)" for b in budgets]],
+        [[v, *[cells[v].get(b, NA) for b in budgets]] for v in cells],
+    )
+    gap_table = markdown_table(
+        ["epochs", "variant", "seeds", "Δ vs softmax, same encoding (pp)", "95% CI, seeds",
+         "p Holm (seeds, family)", "equivalence margin δ (pp)", "Δ vs softmax-ape (pp)",
+         "95% CI, seeds"],
+        [[str(g["budget"]), g["variant"], " ".join(map(str, g["seeds"])) or NA,
+          NA if g["gap_to_softmax_same"] is None else pp(g["gap_to_softmax_same"]),
+          _interval(g["gap_to_softmax_same_ci"]),
+          NA if g["seed_p_holm"] is None else f"{g['seed_p_holm']:.3f}",
+          NA if g["equivalence_margin"] is None else f"{100 * g['equivalence_margin']:.2f}",
+          NA if g["gap_to_softmax_ape"] is None else pp(g["gap_to_softmax_ape"]),
+          _interval(g["gap_to_softmax_ape_ci"])] for g in gaps],
+    )  # fmt: skip
+    return "\n\n".join([
+        "# The gap by training budget",
+        "Test accuracy: mean ± std over seeds (runs in brackets). Δ: paired over the seeds both "
+        "variants ran, with the Student t interval over seeds. The kernel comparison (vs softmax "
+        "with the same encoding) is in the declared family: its seed-level Holm p is adjusted "
+        "over that budget's family, and δ is the TOST equivalence margin at family-wise "
+        "0.05. Δ vs softmax-ape is outside the family: its interval is uncorrected.",
+        "## Test accuracy", table, "## Performer gaps", gap_table,
+        "## Plots", "\n\n".join(f"![{p.stem}]({p.name})" for p in plots),
+    ]) + "\n"  # fmt: skip
+
+
+def plot_accuracy_vs_budget(accuracy: list[dict], path: Path) -> Path:
+    """Test accuracy (mean, error bars: std over seeds) against budget, one line per variant."""
+    fig = Figure(figsize=(9, 6), layout="constrained")
+    ax = fig.subplots()
+    models = sorted({r["model"] for r in accuracy})
+    for variant in dict.fromkeys(r["variant"] for r in accuracy):
+        points = sorted((r["budget"], r) for r in accuracy if r["variant"] == variant)
+        model = points[0][1]["model"]
+        ax.errorbar(
+            [b for b, _ in points], [100 * r["test_accuracy_mean"] for _, r in points],
+            yerr=[100 * (r["test_accuracy_std"] or 0) for _, r in points], capsize=3,
+            label=variant, **variant_style(model, models, plain=variant == model),
+        )  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xticks(sorted({r["budget"] for r in accuracy}), labels=None)
+    ax.set_xlabel("training budget (epochs)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return save_png(fig, path)
+
+
+def plot_gap_vs_budget(gaps: list[dict], path: Path) -> Path:
+    """Each Performer variant's gap to softmax with the same encoding against budget, error bars
+    its seed t interval; the zero line is "no gap"."""
+    fig = Figure(figsize=(9, 6), layout="constrained")
+    ax = fig.subplots()
+    models = sorted({g["variant"] for g in gaps})
+    for variant in models:
+        points = sorted(
+            (g["budget"], g) for g in gaps
+            if g["variant"] == variant and g["gap_to_softmax_same"] is not None
+        )  # fmt: skip
+        if not points:
+            continue
+        mean = [100 * g["gap_to_softmax_same"] for _, g in points]
+        ci = [g["gap_to_softmax_same_ci"] for _, g in points]
+        errors = [
+            [m - 100 * c[0] if c else 0 for m, c in zip(mean, ci, strict=True)],
+            [100 * c[1] - m if c else 0 for m, c in zip(mean, ci, strict=True)],
+        ]
+        ax.errorbar([b for b, _ in points], mean, yerr=errors, capsize=3, label=variant,
+                    **variant_style(variant, models))  # fmt: skip
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("training budget (epochs)")
+    ax.set_ylabel("test accuracy − softmax with the same encoding (pp)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return save_png(fig, path)
+
+
+def build_budget_report(runs_dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
+    """``budgets.md``, ``budgets.csv`` (gaps), ``budgets.json`` and the two figures in ``out``
+    for the runs below ``runs_dirs`` (one data set, grouped by their epochs)."""
+    runs, notes = load_runs(*runs_dirs)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    accuracy, gaps = budget_tables(runs_by_budget(runs))
+    plots = [
+        plot_accuracy_vs_budget(accuracy, out / "accuracy_vs_budget.png"),
+        plot_gap_vs_budget(gaps, out / "gap_vs_budget.png"),
+    ]
+    with atomic_write(out / "budgets.md", "w") as f:
+        f.write(budgets_markdown(accuracy, gaps, plots))
+    buffer = io.StringIO()
+    if gaps:
+        writer = csv.DictWriter(buffer, fieldnames=list(gaps[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(gaps)
+    with atomic_write(out / "budgets.csv", "w") as f:
+        f.write(buffer.getvalue())
+    summary = {"accuracy": accuracy, "gaps": gaps, "notes": notes}
+    write_json_atomic(out / "budgets.json", summary)
+    return summary
