@@ -118,22 +118,30 @@ def budgets_markdown(accuracy: list[dict], gaps: list[dict], plots: Sequence[Pat
     ]) + "\n"  # fmt: skip
 
 
+def _budget_axis(ax: Any, budgets: list[int]) -> None:
+    """A log-scale epoch axis labelled at the budgets only."""
+    ax.set_xscale("log")
+    ax.set_xticks(budgets, [str(b) for b in budgets])
+    ax.minorticks_off()
+    ax.set_xlabel("training budget (epochs)")
+
+
 def plot_accuracy_vs_budget(accuracy: list[dict], path: Path) -> Path:
     """Test accuracy (mean, error bars: std over seeds) against budget, one line per variant."""
     fig = Figure(figsize=(9, 6), layout="constrained")
     ax = fig.subplots()
     models = sorted({r["model"] for r in accuracy})
-    for variant in dict.fromkeys(r["variant"] for r in accuracy):
+    variants = list(dict.fromkeys(r["variant"] for r in accuracy))
+    for i, variant in enumerate(variants):
         points = sorted((r["budget"], r) for r in accuracy if r["variant"] == variant)
         model = points[0][1]["model"]
+        shift = 1.02 ** (i - (len(variants) - 1) / 2)  # side by side, not on top of each other
         ax.errorbar(
-            [b for b, _ in points], [100 * r["test_accuracy_mean"] for _, r in points],
+            [b * shift for b, _ in points], [100 * r["test_accuracy_mean"] for _, r in points],
             yerr=[100 * (r["test_accuracy_std"] or 0) for _, r in points], capsize=3,
             label=variant, **variant_style(model, models, plain=variant == model),
         )  # fmt: skip
-    ax.set_xscale("log")
-    ax.set_xticks(sorted({r["budget"] for r in accuracy}), labels=None)
-    ax.set_xlabel("training budget (epochs)")
+    _budget_axis(ax, sorted({r["budget"] for r in accuracy}))
     ax.set_ylabel("test accuracy (%)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
@@ -146,7 +154,7 @@ def plot_gap_vs_budget(gaps: list[dict], path: Path) -> Path:
     fig = Figure(figsize=(9, 6), layout="constrained")
     ax = fig.subplots()
     models = sorted({g["variant"] for g in gaps})
-    for variant in models:
+    for i, variant in enumerate(models):
         points = sorted(
             (g["budget"], g) for g in gaps
             if g["variant"] == variant and g["gap_to_softmax_same"] is not None
@@ -159,11 +167,11 @@ def plot_gap_vs_budget(gaps: list[dict], path: Path) -> Path:
             [m - 100 * c[0] if c else 0 for m, c in zip(mean, ci, strict=True)],
             [100 * c[1] - m if c else 0 for m, c in zip(mean, ci, strict=True)],
         ]
-        ax.errorbar([b for b, _ in points], mean, yerr=errors, capsize=3, label=variant,
+        shift = 1.03 ** (i - (len(models) - 1) / 2)  # side by side, not on top of each other
+        ax.errorbar([b * shift for b, _ in points], mean, yerr=errors, capsize=3, label=variant,
                     **variant_style(variant, models))  # fmt: skip
     ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_xscale("log")
-    ax.set_xlabel("training budget (epochs)")
+    _budget_axis(ax, sorted({g["budget"] for g in gaps}))
     ax.set_ylabel("test accuracy − softmax with the same encoding (pp)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
