@@ -66,7 +66,8 @@ def base_config(out: Path, **overrides) -> dict:
         "depth": 1,
         "heads": 2,
         "mlp_dim": 64,
-        "model_options": {"nb_features": 16, "redraw_interval": 3},
+        # 8 steps: a redraw at step 3, none from step 5 on (redraw_stop), so step 6 keeps draw 1
+        "model_options": {"nb_features": 16, "redraw_interval": 3, "redraw_stop": 0.7},
         "threads": 1,
         "accelerator": "cpu",
         "progress_bar": False,
