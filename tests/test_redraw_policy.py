@@ -57,6 +57,8 @@ def test_policy_rows_and_table_by_hand(tmp_path):
     )
     write_policy_report(tmp_path, tmp_path / "report")
     assert (tmp_path / "report" / "policy.csv").read_text().count("\n") == 4  # header + 3 rows
+    png = (tmp_path / "report" / "policy_curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_draw_spread_evaluates_fresh_draws_of_the_final_model(tmp_path, monkeypatch):

@@ -136,10 +136,51 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot_policy_curves(study: Path, path: Path) -> Path | None:
+    """Validation accuracy per epoch: one panel per (budget, model), one colour per policy
+    (thick: mean over seeds, thin: each seed); None if there are no runs."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    from rpevit.report.plot_style import save_png
+
+    curves: dict[tuple[int, str], dict[str, list[dict[int, float]]]] = {}
+    for run in finished_runs(study):
+        grid = GRID_NAME.fullmatch(run.path.relative_to(study).parts[0])
+        metrics = run.read_metrics()
+        val = run.curves("epoch").get("val/acc", {})
+        if grid and metrics and val:
+            panel = curves.setdefault((int(grid["epochs"]), metrics.model), {})
+            panel.setdefault(grid["policy"], []).append(val)
+    if not curves:
+        return None
+    policies = sorted({policy for panel in curves.values() for policy in panel})
+    fig = Figure(figsize=(5 * len(curves), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(curves), squeeze=False)[0]
+    for ax, ((epochs, model), panel) in zip(axes, sorted(curves.items()), strict=True):
+        for policy, seeds in sorted(panel.items()):
+            color = f"C{policies.index(policy) % 10}"
+            for val in seeds:
+                ax.plot([e + 1 for e in sorted(val)], [100 * val[e] for e in sorted(val)],
+                        color=color, alpha=0.3, linewidth=0.8)  # fmt: skip
+            common = sorted(set.intersection(*(set(v) for v in seeds)))
+            mean = [100 * statistics.fmean(v[e] for v in seeds) for e in common]
+            ax.plot([e + 1 for e in common], mean, color=color, marker="o", label=policy)
+        ax.set_title(f"{model}, {epochs} epochs")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation accuracy (%)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(title="policy", fontsize=8)
+    return save_png(fig, path)
+
+
 def write_policy_report(study: Path, out: Path) -> list[dict[str, Any]]:
-    """``policy.md`` (summary table) and ``policy.csv`` (one row per run) in ``out``."""
+    """``policy.md`` (summary table), ``policy.csv`` (one row per run) and
+    ``policy_curves.png`` (validation curves) in ``out``."""
     rows = policy_rows(study)
     out.mkdir(parents=True, exist_ok=True)
+    plot_policy_curves(study, out / "policy_curves.png")
     with atomic_write(out / "policy.md", "w") as f:
         f.write(summary_table(rows))
     buffer = io.StringIO()
