@@ -14,6 +14,7 @@ from conftest import shared_data_dir
 from rpevit import create_model
 from rpevit.cli.evaluate import add_evaluate_arguments
 from rpevit.cli.train import add_train_arguments, config_from_args
+from rpevit.attention.kernels import DEFAULT_REDRAW_INTERVAL, DEFAULT_REDRAW_STOP
 from rpevit.errors import CheckpointError, ConfigError, DataNotFoundError
 from rpevit.runs import RunDir
 from rpevit.training import evaluate, load_checkpoint, resolve_config, train
@@ -377,7 +378,8 @@ def test_resume_mid_epoch_gives_identical_results(tmp_path):
 
 def test_the_redraw_policy_is_recorded_for_favor_models_only(tmp_path):
     favor = resolve_config(tiny_run(tmp_path, model="favor-ape", **TINY))
-    assert favor.model_options == {"redraw_interval": 1000, "redraw_stop": 1.0}
+    default = {"redraw_interval": DEFAULT_REDRAW_INTERVAL, "redraw_stop": DEFAULT_REDRAW_STOP}
+    assert favor.model_options == default
     given = tiny_run(tmp_path, model="favor-rpe", model_options={"redraw_interval": 0})
     assert resolve_config(given).model_options == {"redraw_interval": 0, "redraw_stop": 1.0}
     assert resolve_config(tiny_run(tmp_path, model="relu-ape")).model_options == {}
