@@ -12,9 +12,9 @@ import torch
 from conftest import shared_data_dir
 
 from rpevit import create_model
+from rpevit.attention.kernels import DEFAULT_REDRAW_INTERVAL, DEFAULT_REDRAW_STOP
 from rpevit.cli.evaluate import add_evaluate_arguments
 from rpevit.cli.train import add_train_arguments, config_from_args
-from rpevit.attention.kernels import DEFAULT_REDRAW_INTERVAL, DEFAULT_REDRAW_STOP
 from rpevit.errors import CheckpointError, ConfigError, DataNotFoundError
 from rpevit.runs import RunDir
 from rpevit.training import evaluate, load_checkpoint, resolve_config, train
