@@ -294,7 +294,7 @@ def test_grid_cli_runs_the_ablation_into_per_m_folders(tmp_path, monkeypatch):
         ("favor-ape", 64): out / "favor-ape" / "m64" / "seed42",
         ("softmax-ape", None): out / "softmax-ape" / "seed42",
     }
-    expected = {"nb_features": 16, "redraw_interval": 7, "redraw_stop": 1.0}  # policy recorded
+    expected = {"nb_features": 16, "redraw_interval": 7, "redraw_stop": 0.5}  # policy recorded
     assert calls[("favor-ape", 16)].model_options == expected
     summary = json.loads((out / "grid_summary.json").read_text())
     assert summary["nb_features"] == [16, 64] and summary["counts"] == {"finished": 3}

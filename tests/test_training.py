@@ -381,7 +381,10 @@ def test_the_redraw_policy_is_recorded_for_favor_models_only(tmp_path):
     default = {"redraw_interval": DEFAULT_REDRAW_INTERVAL, "redraw_stop": DEFAULT_REDRAW_STOP}
     assert favor.model_options == default
     given = tiny_run(tmp_path, model="favor-rpe", model_options={"redraw_interval": 0})
-    assert resolve_config(given).model_options == {"redraw_interval": 0, "redraw_stop": 1.0}
+    assert resolve_config(given).model_options == {
+        "redraw_interval": 0,
+        "redraw_stop": DEFAULT_REDRAW_STOP,
+    }
     assert resolve_config(tiny_run(tmp_path, model="relu-ape")).model_options == {}
 
 
