@@ -8,12 +8,13 @@ full disk). Write errors become :class:`~rpevit.errors.OutputError` with a one-l
 
 from __future__ import annotations
 
+import csv
 import errno
 import json
 import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -108,4 +109,16 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
     text = json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n"
     with atomic_write(path, "w") as f:
         f.write(text)
+    return path
+
+
+def write_rows_atomic(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]]) -> Path:
+    """Write dict ``rows`` as CSV (header: the first row's keys; no rows: an empty file) with
+    :func:`atomic_write`."""
+    path = Path(path)
+    with atomic_write(path, "w") as f:
+        if rows:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
     return path

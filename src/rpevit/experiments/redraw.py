@@ -14,8 +14,6 @@ per run, the best and final validation accuracy of its curve and that spread, an
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import re
 import statistics
@@ -24,7 +22,7 @@ from typing import Any
 
 import torch
 
-from rpevit.atomic import atomic_write, write_json_atomic
+from rpevit.atomic import atomic_write, write_json_atomic, write_rows_atomic
 from rpevit.attention.kernels import FavorKernel
 from rpevit.data import DataConfig, ImageDataModule
 from rpevit.runs import RunDir, finished_runs
@@ -183,13 +181,7 @@ def write_policy_report(study: Path, out: Path) -> list[dict[str, Any]]:
     plot_policy_curves(study, out / "policy_curves.png")
     with atomic_write(out / "policy.md", "w") as f:
         f.write(summary_table(rows))
-    buffer = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    with atomic_write(out / "policy.csv", "w") as f:
-        f.write(buffer.getvalue())
+    write_rows_atomic(out / "policy.csv", rows)
     return rows
 
 

@@ -12,15 +12,13 @@ seed interval.
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 
-from rpevit.atomic import atomic_write, write_json_atomic
+from rpevit.atomic import atomic_write, write_json_atomic, write_rows_atomic
 from rpevit.registry import PERFORMER_KERNELS
 from rpevit.report.paired import comparisons
 from rpevit.report.plot_style import save_png, variant_style
@@ -191,13 +189,7 @@ def build_budget_report(runs_dirs: Sequence[str | Path], out: str | Path) -> dic
     ]
     with atomic_write(out / "budgets.md", "w") as f:
         f.write(budgets_markdown(accuracy, gaps, plots))
-    buffer = io.StringIO()
-    if gaps:
-        writer = csv.DictWriter(buffer, fieldnames=list(gaps[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(gaps)
-    with atomic_write(out / "budgets.csv", "w") as f:
-        f.write(buffer.getvalue())
+    write_rows_atomic(out / "budgets.csv", gaps)
     summary = {"accuracy": accuracy, "gaps": gaps, "notes": notes}
     write_json_atomic(out / "budgets.json", summary)
     return summary
