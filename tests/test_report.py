@@ -14,7 +14,7 @@ from einops import rearrange
 from rpevit import create_model
 from rpevit.errors import ConfigError
 from rpevit.positions.base import TokenGrid
-from rpevit.registry import CORE_MODELS
+from rpevit.registry import CORE_MODELS, RECIPE_OPTIONS
 from rpevit.report import (
     attention_weights,
     build_report,
@@ -307,6 +307,19 @@ def test_explicit_model_options_make_their_own_variant(tmp_path):
     gaps = {r["variant"]: r["gap_to_softmax"] for r in summary["rows"]}
     assert gaps["favor-rope ape=False"] == pytest.approx(-0.05)  # vs softmax-rope ape=False
     assert gaps["favor-rope"] is None  # no plain softmax-rope run
+
+
+def test_recipe_options_at_their_default_do_not_make_a_variant(tmp_path):
+    """Every FAVOR+ run records its redraw recipe (RECIPE_OPTIONS): at the default it is the
+    plain model, in the kernel comparison; a non-default recipe is its own variant."""
+    default = RECIPE_OPTIONS["favor"]
+    write_run(tmp_path / "a", "softmax-ape", 0, 0.85)
+    write_run(tmp_path / "a", "favor-ape", 0, 0.80, options=dict(default))
+    write_run(tmp_path / "b", "favor-ape", 0, 0.70, options={**default, "redraw_interval": 100})
+    summary = build_report(tmp_path, tmp_path / "report")
+    gaps = {r["variant"]: r["gap_to_softmax"] for r in summary["rows"]}
+    assert gaps["favor-ape"] == pytest.approx(-0.05)
+    assert "favor-ape redraw_interval=100" in gaps
 
 
 def test_top5_column_appears_only_where_recorded(tmp_path):

@@ -9,8 +9,8 @@ resolution-transfer results, and ``test_predictions.npz`` with the per-image tes
 
 Runs of one model are told apart by their *variant*: the model name, plus the model options
 set explicitly (``ape=False``, ``rope_mode=mixed``, ...; the feature count as ``m=<m>``, a
-random-feature ablation) and ``from <model>`` when the weights were initialised from another
-run (``--init-from``).
+random-feature ablation; recipe options only where they differ from their default) and
+``from <model>`` when the weights were initialised from another run (``--init-from``).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rpevit.errors import ConfigError
+from rpevit.registry import RECIPE_OPTIONS
 from rpevit.runs import (
     METRICS,
     PREDICTIONS,
@@ -81,10 +82,17 @@ class Run:
 
     @property
     def family(self) -> str:
-        """The model name plus its explicit options other than the feature count, e.g.
-        ``favor-rope ape=False``: the runs a feature-count ablation compares."""
+        """The model name plus its explicit options other than the feature count and recipe
+        options at their default (:data:`~rpevit.registry.RECIPE_OPTIONS`, recorded in every
+        run), e.g. ``favor-rope ape=False``: the runs a feature-count ablation compares."""
         options = self.config.get("model_options") or {}
-        shown = [f"{k}={v}" for k, v in sorted(options.items()) if k != "nb_features"]
+        kernel = self.model.partition("-")[0]
+        defaults = RECIPE_OPTIONS.get(kernel, {})
+        shown = [
+            f"{k}={v}"
+            for k, v in sorted(options.items())
+            if k != "nb_features" and not (k in defaults and v == defaults[k])
+        ]
         return " ".join([self.model, *shown])
 
     @property
