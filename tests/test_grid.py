@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,7 +14,14 @@ from conftest import shared_data_dir
 import rpevit.experiments.grid as grid
 from rpevit.cli.grid import add_grid_arguments, run_grid_command
 from rpevit.errors import ConfigError, TrainingInterrupted
-from rpevit.experiments import parse_shard, plan_grid, run_grid, shard_runs
+from rpevit.experiments import (
+    GridSpec,
+    parse_shard,
+    plan_grid,
+    run_grid,
+    run_grids_parallel,
+    shard_runs,
+)
 from rpevit.registry import CORE_MODELS
 from rpevit.report import build_report
 from rpevit.training import TrainConfig, load_checkpoint, train
@@ -257,6 +265,39 @@ def test_parallel_jobs_run_every_shard_and_merge_the_summary(tmp_path):
         assert metrics["config"]["threads"] == 1  # 2 cores / 2 workers
     with pytest.raises(ConfigError, match="--shard and --jobs > 1 do not combine"):
         run_grid_command(parser.parse_args([*argv, "--shard", "1/2"]))
+
+
+def test_grids_with_different_settings_share_the_workers(tmp_path):
+    """Two grids with different learning rates and options, run by two workers: every run is
+    trained with its own grid's settings, in its own grid's folder, and each grid gets one
+    merged summary of its own runs."""
+    root = shared_data_dir()
+    if root is None:
+        pytest.skip("real MNIST not found")
+    base = TrainConfig.from_dict(dict(
+        dataset="mnist", data_dir=str(root), preset="quick", epochs=1, dim=16, depth=1, heads=2,
+        mlp_dim=16, max_train_samples=128, max_val_samples=64, max_test_samples=64,
+        progress_bar=False,
+    ))  # fmt: skip
+    first = GridSpec(dataclasses.replace(base, lr=1e-3), ("relu-ape",), (0, 1), tmp_path / "a")
+    options = {"frpe_terms": 2}
+    second = GridSpec(
+        dataclasses.replace(base, lr=2e-3, model_options=options),
+        ("relu-frpe",), (0,), tmp_path / "b", records=tmp_path / "records",
+    )  # fmt: skip
+    summaries = run_grids_parallel([first, second], jobs=2)
+    assert [s["counts"] for s in summaries] == [{"finished": 2}, {"finished": 1}]
+    for spec, seeds in ((first, (0, 1)), (second, (0,))):
+        model = spec.models[0]
+        summary = json.loads((spec.out / "grid_summary.json").read_text())
+        assert [(r["model"], r["seed"]) for r in summary["runs"]] == [(model, s) for s in seeds]
+        for seed in seeds:
+            config = json.loads((spec.out / model / f"seed{seed}" / "metrics.json").read_text())
+            assert config["config"]["lr"] == spec.config.lr
+            assert config["config"]["threads"] == 1
+    frpe = json.loads((tmp_path / "b" / "relu-frpe" / "seed0" / "config.json").read_text())
+    assert frpe["model_options"]["frpe_terms"] == 2
+    assert (tmp_path / "records" / "relu-frpe" / "seed0" / "metrics.json").is_file()
 
 
 def test_feature_ablation_plans_one_run_per_m_where_the_kernel_has_features():

@@ -12,7 +12,8 @@ import sys
 
 from rpevit.cli.train import add_train_arguments, config_from_args
 from rpevit.errors import ConfigError, TrainingInterrupted
-from rpevit.experiments.grid import default_jobs, run_grid, run_grid_parallel
+from rpevit.experiments.grid import default_jobs, run_grid
+from rpevit.experiments.parallel import run_grid_parallel
 from rpevit.experiments.plan import parse_shard, plan_grid
 from rpevit.registry import CORE_MODELS, STUDY_MODELS, list_available_models
 

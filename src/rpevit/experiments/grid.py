@@ -4,25 +4,20 @@ resumably and shardably.
 Besides the run folders, a grid folder holds ``grid_summary.json``: the status of every run
 (one ``grid_summary.shard-I-of-N.json`` per shard). Re-running the same command skips finished
 runs (valid metrics), resumes interrupted ones from their last checkpoint and starts the rest,
-so a crashed grid continues where it stopped. ``run_grid_parallel`` runs the shards in worker
-processes on one machine.
+so a crashed grid continues where it stopped. :mod:`rpevit.experiments.parallel` runs shards in
+worker processes on one machine.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import os
-import signal
-import threading
 import time
 import traceback
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from rpevit.atomic import write_json_atomic
 from rpevit.errors import ConfigError, TrainingInterrupted
 from rpevit.experiments.plan import (
     GridRun,
@@ -32,7 +27,7 @@ from rpevit.experiments.plan import (
     run_folder,
     shard_runs,
 )
-from rpevit.experiments.summary import GridSummary, counts, duration, now
+from rpevit.experiments.summary import GridSummary, duration, now
 from rpevit.registry import CORE_MODELS
 from rpevit.runs import METRICS, RunDir, RunState, summary_path
 from rpevit.training import TrainConfig, resolve_config, train
@@ -241,81 +236,3 @@ def default_jobs(config: TrainConfig, runs: int) -> int:
     if not on_cpu or config.strategy not in ("auto", "single_device"):
         return 1
     return max(1, min(os.cpu_count() or 1, runs))
-
-
-#: Set in a grid worker while it runs its shard (see :func:`_stop_with_parent`).
-_SHARD_RUNNING = threading.Event()
-
-
-def _stop_with_parent(parent: int) -> None:
-    """Worker start: once the grid's parent process is gone (killed by SIGTERM or SIGKILL), stop
-    the shard as ``kill`` would (SIGTERM: checkpoint at the next step) and exit, instead of
-    training on as an orphan or waiting forever for the next shard."""
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        if _SHARD_RUNNING.is_set():
-            os.kill(os.getpid(), signal.SIGTERM)
-            while _SHARD_RUNNING.is_set():
-                time.sleep(0.1)
-        os._exit(128 + signal.SIGTERM)
-
-    threading.Thread(target=watch, name="stop-with-parent", daemon=True).start()
-
-
-def _run_shard(
-    config: TrainConfig, models, seeds, out, shard, nb_features, records
-) -> dict[str, Any]:
-    _SHARD_RUNNING.set()
-    try:
-        return run_grid(
-            config,
-            models=models,
-            seeds=seeds,
-            out=out,
-            shard=shard,
-            nb_features=nb_features,
-            records=records,
-        )
-    finally:
-        _SHARD_RUNNING.clear()
-
-
-def run_grid_parallel(
-    config: TrainConfig | Mapping[str, Any],
-    *,
-    jobs: int,
-    models: Sequence[str] | None = None,
-    seeds: Sequence[int] = (42,),
-    out: str | Path | None = None,
-    nb_features: Sequence[int] = (),
-    records: str | Path | None = None,
-) -> dict[str, Any]:
-    """:func:`run_grid` split into ``jobs`` shards run by parallel worker processes, each with
-    ``cpu_count // jobs`` threads unless ``config.threads`` is set. Returns the merged summary
-    (also written as ``grid_summary.json``)."""
-    base = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
-    if base.threads is None:
-        base = dataclasses.replace(base, threads=max(1, (os.cpu_count() or 1) // jobs))
-    out = Path(out) if out is not None else Path("runs") / f"grid-{base.dataset}-{base.preset}"
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        max_workers=jobs,
-        mp_context=context,
-        initializer=_stop_with_parent,
-        initargs=(os.getpid(),),
-    ) as pool:
-        futures = [
-            pool.submit(_run_shard, base, models, seeds, out, (i, jobs), nb_features, records)
-            for i in range(1, jobs + 1)
-        ]
-        shards = [future.result() for future in futures]
-    runs = sorted(
-        (r for s in shards for r in s["runs"] if r["selected"]),
-        key=lambda r: (r["model"], r["nb_features"] or 0, r["seed"]),
-    )
-    merged = {**shards[0], "shard": None, "jobs": jobs, "runs": runs, "counts": counts(runs)}
-    merged["elapsed_seconds"] = max(s["elapsed_seconds"] for s in shards)
-    write_json_atomic(summary_path(out, None), merged)
-    return merged
