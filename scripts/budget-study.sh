@@ -11,7 +11,7 @@ cd "$ROOT"
 STUDY=docs/results/budget-study
 python -m rpevit.experiments.budget --jobs "${RPEVIT_JOBS:-2}"
 for EPOCHS in 3 9 27; do
-    rpevit report "$STUDY/e$EPOCHS" --out "$STUDY/report-e$EPOCHS"
+    rpevit report "$STUDY/e$EPOCHS" --tuned frpe_terms --out "$STUDY/report-e$EPOCHS"
 done
-rpevit report --by-budget "$STUDY/e3" "$STUDY/e9" "$STUDY/e27" --out "$STUDY"
+rpevit report --by-budget --tuned frpe_terms "$STUDY/e3" "$STUDY/e9" "$STUDY/e27" --out "$STUDY"
 cat "$STUDY/budgets.md"

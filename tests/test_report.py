@@ -421,3 +421,53 @@ def test_budget_report_groups_runs_by_epochs_and_pairs_gaps_by_seed(tmp_path):
     assert "| favor-ape | 53.00 ± 1.00 (3) | 58.00 ± 1.00 (3) |" in text
     for name in ("accuracy_vs_budget", "gap_vs_budget"):
         assert (tmp_path / "out" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tuned_options_and_normalised_favor_rows_in_the_budget_report(tmp_path):
+    """Per-kernel tuned frpe terms (``tuned``) keep the frpe rows in the kernel comparison;
+    Luo's normalised FAVOR+ rows are compared with plain softmax and are in the declared
+    family; a run ending > 1 pp below its best validation accuracy is listed."""
+    from rpevit.report.budgets import build_budget_report
+    from rpevit.report.paired import comparisons, in_declared_family
+    from rpevit.report.tables import summarise
+
+    luo = {"qk_norm": True, "qk_temperature": 8.0}
+    for seed in (1, 2, 3):
+        write_run(tmp_path, "softmax-ape", seed, 0.60 + seed / 100, epochs=9)
+        write_run(tmp_path, "softmax-frpe", seed, 0.62, epochs=9, options={"frpe_terms": 1})
+        write_run(tmp_path, "favor-frpe", seed, 0.61, epochs=9, options={"frpe_terms": 4})
+        write_run(tmp_path / "luo", "favor-ape", seed, 0.58 + seed / 100, epochs=9, options=luo)
+        write_run(tmp_path / "luo", "favor-rpe", seed, 0.63, epochs=9, options=luo)
+    _set_curve(tmp_path / "favor-frpe" / "seed2", [0.5, 0.64, 0.62])
+    summary = build_budget_report([tmp_path], tmp_path / "out", tuned=("frpe_terms",))
+    gaps = {g["variant"]: g for g in summary["gaps"]}
+    normalised = "favor-ape qk_norm=True qk_temperature=8.0"
+    assert set(gaps) == {"favor-frpe", normalised, "favor-rpe qk_norm=True qk_temperature=8.0"}
+    assert gaps["favor-frpe"]["gap_to_softmax_same"] == pytest.approx(-0.01)
+    assert gaps[normalised]["gap_to_softmax_same"] == pytest.approx(-0.02)  # plain softmax-ape
+    assert gaps[normalised]["seed_p_holm"] is not None
+    tuned = {r["variant"]: r["tuned"] for r in summary["accuracy"]}
+    assert tuned["favor-frpe"] == '{"frpe_terms": 4}' and tuned["softmax-ape"] is None
+    assert [(d["variant"], d["seed"]) for d in summary["late_drops"]] == [("favor-frpe", 2)]
+    text = (tmp_path / "out" / "budgets.md").read_text()
+    assert "WARNING: 1 of 15 runs ended more than 1 pp below" in text
+    runs, _ = load_runs(tmp_path, tuned=("frpe_terms",))
+    records = comparisons(summarise(runs), runs)
+    family = {(r["variant"], r["reference"]) for r in records if r["family"]}
+    assert all(in_declared_family(r) for r in records if r["family"])
+    assert family == {
+        ("favor-frpe", "softmax-frpe"),
+        (normalised, "softmax-ape"),
+        ("favor-rpe qk_norm=True qk_temperature=8.0", normalised),
+        ("softmax-frpe", "softmax-ape"),
+    }
+    untuned, notes = load_runs(tmp_path)  # without it, R is part of the name: no pair
+    assert {r.variant for r in untuned} >= {"favor-frpe frpe_terms=4", "softmax-frpe frpe_terms=1"}
+    assert not notes
+
+
+def test_runs_of_one_variant_with_different_options_get_a_note(tmp_path):
+    write_run(tmp_path, "favor-frpe", 1, 0.6, options={"frpe_terms": 2})
+    write_run(tmp_path, "favor-frpe", 2, 0.6, options={"frpe_terms": 4})
+    _, notes = load_runs(tmp_path, tuned=("frpe_terms",))
+    assert any("runs of favor-frpe differ in model options" in note for note in notes)

@@ -12,6 +12,7 @@ seed interval.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ from matplotlib.figure import Figure
 
 from rpevit.atomic import atomic_write, write_json_atomic, write_rows_atomic
 from rpevit.registry import PERFORMER_KERNELS
-from rpevit.report.paired import comparisons
+from rpevit.report.endings import ending
+from rpevit.report.paired import comparisons, is_normalised
 from rpevit.report.plot_style import save_png, variant_style
 from rpevit.report.results_render import NA, markdown_table
 from rpevit.report.runs import Run, load_runs
@@ -54,10 +56,19 @@ def budget_tables(by_budget: dict[int, list[Run]]) -> tuple[list[dict], list[dic
         rows = summarise(runs)
         family = {(r["variant"], r["reference"]): r for r in comparisons(rows, runs) if r["family"]}
         for row in rows:
+            tuned = sorted(
+                {
+                    json.dumps(r.tuned_options, sort_keys=True)
+                    for r in runs
+                    if r.variant == row["variant"] and r.tuned_options
+                }
+            )
             accuracy.append({"budget": budget, **{k: row[k] for k in (
                 "variant", "model", "kernel", "position", "runs", "seeds",
-                "test_accuracy_mean", "test_accuracy_std", "test_accuracy_ci")}})  # fmt: skip
-            if row["kernel"] not in PERFORMER_KERNELS or row["variant"] != row["model"]:
+                "test_accuracy_mean", "test_accuracy_std", "test_accuracy_ci")},
+                "tuned": "; ".join(tuned) or None})  # fmt: skip
+            plain = row["variant"] == row["model"] or is_normalised(row["variant"])
+            if row["kernel"] not in PERFORMER_KERNELS or not plain:
                 continue
             same = f"softmax-{row['position']}"
             record = family.get((row["variant"], same), {})
@@ -76,22 +87,67 @@ def budget_tables(by_budget: dict[int, list[Run]]) -> tuple[list[dict], list[dic
     return accuracy, gaps
 
 
+#: A published budget-study run should end within this of its best validation accuracy.
+ENDING_TOLERANCE = 0.01
+
+
+def late_drops(by_budget: dict[int, list[Run]]) -> list[dict[str, Any]]:
+    """Every run whose final validation accuracy is more than :data:`ENDING_TOLERANCE` below
+    its best (budget, variant, seed, best and final validation accuracy)."""
+    found = []
+    for budget, runs in by_budget.items():
+        for run in runs:
+            end = ending(run)
+            if end is not None and end.final_val < end.best_val - ENDING_TOLERANCE:
+                found.append({
+                    "budget": budget, "variant": run.variant, "seed": run.seed,
+                    "best_val": end.best_val, "final_val": end.final_val,
+                    "best_epoch": end.best_epoch, "final_epoch": end.final_epoch,
+                })  # fmt: skip
+    return found
+
+
 def _interval(ci: Sequence[float] | None) -> str:
     return NA if ci is None else f"[{pp(ci[0])}, {pp(ci[1])}]"
 
 
-def budgets_markdown(accuracy: list[dict], gaps: list[dict], plots: Sequence[Path]) -> str:
-    """``budgets.md``: test accuracy per variant and budget, then the Performer gaps."""
+def _endings_markdown(drops: list[dict], total: int) -> str:
+    """The runs that ended more than :data:`ENDING_TOLERANCE` below their best, or that none
+    did."""
+    limit = f"{100 * ENDING_TOLERANCE:.0f} pp"
+    if not drops:
+        return f"All {total} runs ended within {limit} of their best validation accuracy."
+    rows = [
+        [str(d["budget"]), d["variant"], str(d["seed"]), pct(d["best_val"]),
+         f"{d['best_epoch']} of {d['final_epoch']}", pct(d["final_val"])]
+        for d in drops
+    ]  # fmt: skip
+    return "\n\n".join([
+        f"WARNING: {len(drops)} of {total} runs ended more than {limit} below their best "
+        "validation accuracy:",
+        markdown_table(["epochs", "variant", "seed", "best val %", "best epoch", "final val %"],
+                       rows),
+    ])  # fmt: skip
+
+
+def budgets_markdown(
+    accuracy: list[dict], gaps: list[dict], plots: Sequence[Path], drops: list[dict], total: int
+) -> str:
+    """``budgets.md``: test accuracy per variant and budget, the Performer gaps, and the runs
+    that did not end near their best."""
     budgets = sorted({r["budget"] for r in accuracy})
     cells: dict[str, dict[int, str]] = {}
+    tuned: dict[str, set[str]] = {}
     for r in accuracy:
         std = "" if r["test_accuracy_std"] is None else f" ± {pct(r['test_accuracy_std'])}"
         text = f"{pct(r['test_accuracy_mean'])}{std} ({r['runs']})"
         cells.setdefault(r["variant"], {})[r["budget"]] = text
+        tuned.setdefault(r["variant"], set()).update([r["tuned"]] if r["tuned"] else [])
     table = markdown_table(
-        ["variant", *[f"{b} epochs: test acc % (seeds)" for b in budgets]],
-        [[v, *[cells[v].get(b, NA) for b in budgets]] for v in cells],
-    )
+        ["variant", *[f"{b} epochs: test acc % (seeds)" for b in budgets], "tuned options"],
+        [[v, *[cells[v].get(b, NA) for b in budgets], "; ".join(sorted(tuned[v])) or ""]
+         for v in cells],
+    )  # fmt: skip
     gap_table = markdown_table(
         ["epochs", "variant", "seeds", "Δ vs softmax, same encoding (pp)", "95% CI, seeds",
          "p Holm (seeds, family)", "equivalence margin δ (pp)", "Δ vs softmax-ape (pp)",
@@ -112,6 +168,7 @@ def budgets_markdown(accuracy: list[dict], gaps: list[dict], plots: Sequence[Pat
         "over that budget's family, and δ is the TOST equivalence margin at family-wise "
         "0.05. Δ vs softmax-ape is outside the family: its interval is uncorrected.",
         "## Test accuracy", table, "## Performer gaps", gap_table,
+        "## How the runs ended", _endings_markdown(drops, total),
         "## Plots", "\n\n".join(f"![{p.stem}]({p.name})" for p in plots),
     ]) + "\n"  # fmt: skip
 
@@ -176,20 +233,26 @@ def plot_gap_vs_budget(gaps: list[dict], path: Path) -> Path:
     return save_png(fig, path)
 
 
-def build_budget_report(runs_dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
+def build_budget_report(
+    runs_dirs: Sequence[str | Path], out: str | Path, tuned: Sequence[str] = ()
+) -> dict[str, Any]:
     """``budgets.md``, ``budgets.csv`` (gaps), ``budgets.json`` and the two figures in ``out``
-    for the runs below ``runs_dirs`` (one data set, grouped by their epochs)."""
-    runs, notes = load_runs(*runs_dirs)
+    for the runs below ``runs_dirs`` (one data set, grouped by their epochs); ``tuned``: model
+    options chosen per kernel by tuning (see :func:`~rpevit.report.runs.load_runs`)."""
+    runs, notes = load_runs(*runs_dirs, tuned=tuned)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    accuracy, gaps = budget_tables(runs_by_budget(runs))
+    by_budget = runs_by_budget(runs)
+    accuracy, gaps = budget_tables(by_budget)
+    drops = late_drops(by_budget)
+    total = sum(map(len, by_budget.values()))
     plots = [
         plot_accuracy_vs_budget(accuracy, out / "accuracy_vs_budget.png"),
         plot_gap_vs_budget(gaps, out / "gap_vs_budget.png"),
     ]
     with atomic_write(out / "budgets.md", "w") as f:
-        f.write(budgets_markdown(accuracy, gaps, plots))
+        f.write(budgets_markdown(accuracy, gaps, plots, drops, total))
     write_rows_atomic(out / "budgets.csv", gaps)
-    summary = {"accuracy": accuracy, "gaps": gaps, "notes": notes}
+    summary = {"accuracy": accuracy, "gaps": gaps, "late_drops": drops, "notes": notes}
     write_json_atomic(out / "budgets.json", summary)
     return summary

@@ -81,6 +81,7 @@ def build_report(
     *,
     data_dir: str | Path | None = None,
     image_index: int = 0,
+    tuned: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Write ``results.md``, ``results.csv``, ``comparisons.csv``, ``report.json`` and the PNG
     figures for the runs below ``runs_dir`` (one folder or several) into ``out_dir`` (default
@@ -93,9 +94,10 @@ def build_report(
     with ``--image-size``).
     ``data_dir`` (default: the runs' own) and ``image_index`` select the test image whose
     attention maps are drawn; without the data the attention figure is skipped with a note.
+    ``tuned``: model options chosen per kernel by tuning, not part of a variant's name.
     """
     runs_dirs = [Path(runs_dir)] if isinstance(runs_dir, str | Path) else list(map(Path, runs_dir))
-    runs, notes = load_runs(*runs_dirs)  # also refuses an empty list of folders
+    runs, notes = load_runs(*runs_dirs, tuned=tuned)  # refuses an empty list of folders
     out = Path(out_dir) if out_dir is not None else runs_dirs[0] / "report"
     out.mkdir(parents=True, exist_ok=True)
     rows = summarise(runs)

@@ -1,7 +1,8 @@
 """Paired comparisons between variants and "gap closed" with bootstrap intervals.
 
 Comparisons (see :mod:`rpevit.report.stats` for the statistics): every variant with a kernel
-other than softmax against softmax with the same position encoding and options, and every
+other than softmax against softmax with the same position encoding and options (a Performer
+with Luo et al.'s normalised q/k against plain softmax where no softmax run has them), and every
 variant with a position encoding other than APE against APE with the same kernel and options
 (both trained from scratch). A pair is formed only by runs of the same seed. Each record holds
 the paired difference over seeds with its t interval (training variability), and where both
@@ -142,19 +143,38 @@ def _compare(data: _Runs, variant: str, reference: str, kind: str) -> dict[str, 
     return record
 
 
+#: Options of Luo et al.'s normalised Performer features (l2-normalised q/k, a temperature): a
+#: stabiliser of the linear kernel, whose rows are compared with plain softmax.
+NORMALISED = ("qk_norm", "qk_temperature")
+
+
+def _options(variant: str) -> dict[str, str]:
+    """The ``key=value`` options of a variant label (``favor-ape qk_norm=True`` -> qk_norm)."""
+    return dict(token.partition("=")[::2] for token in variant.split()[1:])
+
+
+def is_normalised(variant: str) -> bool:
+    """Whether ``variant`` is a model with Luo et al.'s normalised q/k and no other option."""
+    options = _options(variant)
+    return options.get("qk_norm") == "True" and set(options) <= set(NORMALISED)
+
+
+def _kernel_reference(row: dict[str, Any], variants: set[str]) -> str:
+    """Softmax with ``row``'s encoding and options, or plain softmax for a normalised row."""
+    plain = f"softmax-{row['position']}"
+    same = row["family"].replace(row["model"], plain, 1)
+    return plain if same not in variants and is_normalised(row["family"]) else same
+
+
 def comparisons(rows: Sequence[dict[str, Any]], runs: Sequence[Run]) -> list[dict[str, Any]]:
     """Paired comparison records (see the module docstring): first every kernel against
     softmax, then every position encoding against APE, each in table order; with ``p_holm``
     and ``significant`` (Holm-adjusted p below :data:`ALPHA`) over all of them."""
     data = _Runs(runs)
     scratch = [row for row in rows if row["init_from"] is None]
+    variants = {row["variant"] for row in scratch}
     records = [
-        _compare(
-            data,
-            row["variant"],
-            row["family"].replace(row["model"], f"softmax-{row['position']}", 1),
-            "kernel",
-        )
+        _compare(data, row["variant"], _kernel_reference(row, variants), "kernel")
         for row in scratch
         if row["kernel"] != "softmax"
     ]
@@ -188,13 +208,19 @@ def comparisons(rows: Sequence[dict[str, Any]], runs: Sequence[Run]) -> list[dic
 def in_declared_family(record: dict[str, Any]) -> bool:
     """Whether a comparison belongs to the family the seed-level tests correct for, declared
     before any run: each Performer kernel against softmax with the same encoding, and each
-    relative encoding against APE with the same kernel, between the plain study models."""
-    kernel, _, position = record["variant"].partition("-")
+    relative encoding against APE with the same kernel, between the plain study models and
+    Luo et al.'s normalised FAVOR+ rows (against plain softmax; their RPE against their APE)."""
+    variant = record["variant"]
+    model, _, options = variant.partition(" ")
+    kernel, _, position = model.partition("-")
+    if options and not (kernel == "favor" and is_normalised(variant)):
+        return False  # other options, or initialised from another run
     if kernel not in CORE_KERNELS or position not in ("ape", *RELATIVE_POSITIONS):
-        return False  # options, another kernel or encoding, or initialised from another run
+        return False  # another kernel or encoding
     if record["kind"] == "kernel":
         return kernel in PERFORMER_KERNELS and record["reference"] == f"softmax-{position}"
-    return position in RELATIVE_POSITIONS and record["reference"] == f"{kernel}-ape"
+    reference = variant.replace(model, f"{kernel}-ape", 1)
+    return position in RELATIVE_POSITIONS and record["reference"] == reference
 
 
 def _gap_interval(data: _Runs, kernel: str, position: str) -> dict[str, Any]:

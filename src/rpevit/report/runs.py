@@ -16,6 +16,7 @@ random-feature ablation; recipe options only where they differ from their defaul
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,8 @@ class Run:
     curves: dict[int, dict[str, float]] = field(default_factory=dict)
     #: ``resolution_transfer`` record of the run's ``evaluation.json`` (None: not evaluated)
     transfer: dict[str, Any] | None = None
+    #: model options chosen per kernel by tuning (e.g. ``frpe_terms``): not part of the variant
+    tuned: tuple[str, ...] = ()
 
     @property
     def model(self) -> str:
@@ -82,18 +85,27 @@ class Run:
 
     @property
     def family(self) -> str:
-        """The model name plus its explicit options other than the feature count and recipe
-        options at their default (:data:`~rpevit.registry.RECIPE_OPTIONS`, recorded in every
-        run), e.g. ``favor-rope ape=False``: the runs a feature-count ablation compares."""
+        """The model name plus its explicit options other than the feature count, the
+        :attr:`tuned` ones and recipe options at their default
+        (:data:`~rpevit.registry.RECIPE_OPTIONS`, recorded in every run), e.g.
+        ``favor-rope ape=False``: the runs a feature-count ablation compares."""
         options = self.config.get("model_options") or {}
         kernel = self.model.partition("-")[0]
         defaults = RECIPE_OPTIONS.get(kernel, {})
         shown = [
             f"{k}={v}"
             for k, v in sorted(options.items())
-            if k != "nb_features" and not (k in defaults and v == defaults[k])
+            if k != "nb_features"
+            and k not in self.tuned
+            and not (k in defaults and v == defaults[k])
         ]
         return " ".join([self.model, *shown])
+
+    @property
+    def tuned_options(self) -> dict[str, Any]:
+        """The run's values of the :attr:`tuned` options it set."""
+        options = self.config.get("model_options") or {}
+        return {k: options[k] for k in self.tuned if k in options}
 
     @property
     def variant(self) -> str:
@@ -144,9 +156,10 @@ def read_curves(run_dir: Path) -> dict[int, dict[str, float]]:
     return dict(sorted(curves.items()))
 
 
-def load_runs(*runs_dirs: str | Path) -> tuple[list[Run], list[str]]:
+def load_runs(*runs_dirs: str | Path, tuned: Sequence[str] = ()) -> tuple[list[Run], list[str]]:
     """Every finished run below the ``runs_dirs`` (sorted by model, seed) and notes on what was
-    left out or looks inconsistent. Runs of several data sets raise ConfigError."""
+    left out or looks inconsistent. Runs of several data sets raise ConfigError. ``tuned``:
+    model options chosen per kernel by tuning (see :attr:`Run.tuned`)."""
     if not runs_dirs:
         raise ConfigError("no runs folder given")
     runs, notes, seen = [], [], set()
@@ -165,7 +178,8 @@ def load_runs(*runs_dirs: str | Path) -> tuple[list[Run], list[str]]:
             if config is None:
                 config = dict(metrics.config or {})
             curves = read_curves(folder.path)
-            runs.append(Run(folder.path, metrics, config, curves, folder.read_transfer()))
+            transfer = folder.read_transfer()
+            runs.append(Run(folder.path, metrics, config, curves, transfer, tuple(tuned)))
         for folder in unfinished_runs(runs_dir):
             notes.append(f"{folder.path}: unfinished run (no {METRICS}), left out")
     if not runs:
@@ -194,6 +208,13 @@ def _consistency_notes(runs: list[Run]) -> list[str]:
         values = {json.dumps(run.config.get(key), sort_keys=True) for run in compared}
         if len(values) > 1:
             notes.append(f"runs differ in {key}: {', '.join(sorted(values))}")
+    options: dict[str, set[str]] = {}
+    for run in runs:
+        shown = json.dumps(run.config.get("model_options") or {}, sort_keys=True)
+        options.setdefault(run.variant, set()).add(shown)
+    for variant, values in options.items():
+        if len(values) > 1:
+            notes.append(f"runs of {variant} differ in model options: {', '.join(sorted(values))}")
     seen: dict[tuple[str, Any], int] = {}
     for run in runs:
         seen[(run.variant, run.seed)] = seen.get((run.variant, run.seed), 0) + 1
