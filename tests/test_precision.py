@@ -91,3 +91,45 @@ def test_softmax_core_runs_in_float32_on_the_cpu_and_bf16_on_a_gpu(position, dev
     expected = torch.float32 if device.type == "cpu" else torch.bfloat16
     assert len(cores) == 2 and set(cores) == {expected}  # one per layer
     assert out.dtype == torch.bfloat16
+
+
+def _record(root, model: str, seed: int, acc: float, precision: str) -> None:
+    """A finished run's records (config and metrics) trained with ``precision``."""
+    import json
+
+    run = root / model / f"seed{seed}"
+    run.mkdir(parents=True)
+    config = {"model": model, "seed": seed, "dataset": "cifar10", "precision": precision}
+    (run / "config.json").write_text(json.dumps(config))
+    metrics = {"model": model, "seed": seed, "dataset": "cifar10", "test_accuracy": acc}
+    (run / "metrics.json").write_text(json.dumps({**metrics, "config": config}))
+
+
+def test_the_bf16_accuracy_comparison_pairs_seeds_and_applies_the_target(tmp_path):
+    """bf16 - fp32 per model over common seeds; target: interval contains 0, |mean| <= 0.5 pp."""
+    from rpevit.errors import ConfigError
+    from rpevit.experiments.precision import compare
+    from rpevit.report import load_runs
+
+    fp32 = {42: 0.550, 43: 0.560, 44: 0.540}
+    shifts = {
+        "softmax-ape": (0.001, -0.002, 0.002),
+        "relu-ape": (-0.004, -0.0045, -0.0035),  # |mean| <= 0.5 pp, but interval excludes 0
+        "favor-rope": (0.030, -0.010, 0.0),  # interval contains 0, but |mean| > 0.5 pp
+    }
+    for model, shift in shifts.items():
+        for (seed, acc), delta in zip(fp32.items(), shift, strict=True):
+            _record(tmp_path / "fp32", model, seed, acc, "32-true")
+            _record(tmp_path / "bf16", model, seed, acc + delta, "bf16-mixed")
+    _record(tmp_path / "fp32", "favor-ape", 42, 0.5, "32-true")  # not run in bf16: left out
+    rows = compare(load_runs(tmp_path / "bf16")[0], load_runs(tmp_path / "fp32")[0])
+    by = {r["variant"]: r for r in rows}
+    assert set(by) == {"softmax-ape", "relu-ape", "favor-rope"}
+    assert by["softmax-ape"]["difference"] == pytest.approx(0.001 / 3)
+    assert by["softmax-ape"]["target_met"] is True
+    assert by["relu-ape"]["difference"] == pytest.approx(-0.004)
+    assert by["relu-ape"]["difference_ci"][1] < 0 and by["relu-ape"]["target_met"] is False
+    ci = by["favor-rope"]["difference_ci"]
+    assert ci[0] < 0 < ci[1] and by["favor-rope"]["target_met"] is False
+    with pytest.raises(ConfigError, match="expected 'bf16-mixed'"):
+        compare(load_runs(tmp_path / "fp32")[0], load_runs(tmp_path / "fp32")[0])
