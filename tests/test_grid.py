@@ -401,3 +401,25 @@ def test_records_let_a_fresh_machine_continue_the_grid(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="another configuration"):
         run_grid(base_config(tmp_path, epochs=9), models=models, out=tmp_path / "c",
                  records=records)  # fmt: skip
+
+
+def test_the_records_the_study_scripts_commit_are_not_git_ignored():
+    """Records are how a study continues on a fresh clone: they must be committable."""
+    import shutil
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    paths = [
+        "docs/results/cifar10-study/runs/favor-ape/seed42/metrics.json",
+        "docs/results/mnist-study/runs/relu-rope/seed43/logs/csv/version_0/metrics.csv",
+        "docs/results/budget-study/e9/favor/favor-rpe/seed44/test_predictions.npz",
+        "docs/results/budget-study/tune/relu-ape/lr0.003-wu0.3/relu-ape/seed42/config.json",
+        "docs/results/bf16-accuracy/records/softmax-ape/seed42/metrics.json",
+        "docs/results/redraw-policy/records/e9-none/favor-ape/seed42/metrics.json",
+    ]
+    check = subprocess.run(["git", "check-ignore", *paths], cwd=root, capture_output=True)
+    assert check.returncode == 1, f"ignored: {check.stdout.decode()}"  # 1: none is ignored
+    ignored = subprocess.run(["git", "check-ignore", "-q", "runs/x/seed0/last.ckpt"], cwd=root)
+    assert ignored.returncode == 0  # the working runs folder stays out of the repository
