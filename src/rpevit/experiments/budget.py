@@ -128,14 +128,6 @@ class Study:
         model = f"{kernel}-ape"
         return [(w, _tune(f"{model}/lr{lr:g}-wu{w:g}", model, Recipe(lr, w))) for w in WARMUPS]
 
-    def recipe(self, kernel: str) -> Recipe | None:
-        """The kernel's tuned recipe, once its learning-rate and warm-up runs finished."""
-        lr = choose(self._scores(self.lr_grids(kernel)))
-        if lr is None:
-            return None
-        warmup = choose(self._scores(self.warmup_grids(kernel, lr)))
-        return None if warmup is None else Recipe(lr, warmup)
-
     def frpe_grids(self, kernel: str, recipe: Recipe) -> list[tuple[int, Grid]]:
         model = f"{kernel}-frpe"
         return [(r, _tune(f"{model}/R{r}", model, recipe, frpe_terms=r)) for r in FRPE_TERMS]
@@ -152,10 +144,12 @@ class Study:
             lr = choose(self._scores(self.lr_grids(kernel)))
             if lr is None:
                 pending += [g for _, g in self.lr_grids(kernel)]
-            elif (recipe := self.recipe(kernel)) is None:
+                continue
+            warmup = choose(self._scores(self.warmup_grids(kernel, lr)))
+            if warmup is None:
                 pending += [g for _, g in self.warmup_grids(kernel, lr)]
             else:
-                recipes[kernel] = recipe
+                recipes[kernel] = Recipe(lr, warmup)
         if len(recipes) < len(CORE_KERNELS):
             return pending, None
         terms = {k: choose(self._scores(self.frpe_grids(k, r))) for k, r in recipes.items()}
@@ -265,9 +259,10 @@ def run_study(base: TrainConfig, jobs: int, records: Path = RECORDS, runs: Path 
         if not grids:
             print(f"budget study: complete; records in {records}")
             return
-        count = sum(len(plan_grid(g.models, g.seeds, (), g.options)) for g in grids)
+        specs = [g.spec(base, runs, records) for g in grids]
+        count = sum(spec.size for spec in specs)
         print(f"budget study: stage {stage}, {len(grids)} grid(s), {count} runs", flush=True)
-        summaries = run_grids_parallel([g.spec(base, runs, records) for g in grids], jobs)
+        summaries = run_grids_parallel(specs, jobs)
         unfinished = [
             s["out"] for s in summaries if s["counts"].get("finished", 0) < len(s["runs"])
         ]
