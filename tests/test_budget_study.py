@@ -14,6 +14,7 @@ from rpevit.experiments.budget import (
     LEARNING_RATES,
     SEEDS,
     TEMPERATURES,
+    TUNE_SEED,
     WARMUPS,
     Grid,
     Recipe,
@@ -66,9 +67,10 @@ def test_tuning_runs_stage_by_stage_and_records_its_choices(tmp_path):
     stage, grids = study.next_grids()
     assert stage == "tuning"
     assert [(g.models, g.seeds, g.epochs, g.recipe.lr) for g in grids] == [
-        ((f"{k}-ape",), (42,), 9, lr) for k in CORE_KERNELS for lr in LEARNING_RATES
+        ((f"{k}-ape",), (TUNE_SEED,), 9, lr) for k in CORE_KERNELS for lr in LEARNING_RATES
     ]
     assert {g.recipe.warmup_epochs for g in grids} == {WARMUPS[0]}
+    assert TUNE_SEED not in SEEDS  # no reported run is a tuning winner
     for kernel in CORE_KERNELS:  # the middle rate wins for every kernel
         for lr, grid in study.lr_grids(kernel):
             finish(tmp_path, grid, 0.6 if lr == 3e-3 else 0.5)
@@ -145,7 +147,7 @@ def test_a_record_without_its_final_validation_accuracy_is_an_error_not_a_rerun(
     study = Study(tmp_path)
     _, grid = study.lr_grids("softmax")[0]
     finish(tmp_path, grid, 0.5)
-    metrics = tmp_path / grid.name / "softmax-ape" / "seed42" / "metrics.json"
+    metrics = tmp_path / grid.name / "softmax-ape" / f"seed{TUNE_SEED}" / "metrics.json"
     record = json.loads(metrics.read_text())
     del record["last_val_accuracy"]
     metrics.write_text(json.dumps(record))

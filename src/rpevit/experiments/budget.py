@@ -2,7 +2,7 @@
 and 27 epochs (the ``study`` model), with every kernel tuned by one rule on the validation
 split, in stages that one resumable command runs (``scripts/budget-study.sh``).
 
-1. **Tuning** (9 epochs, seed 42, validation only). Per kernel, on ``<kernel>-ape``: the
+1. **Tuning** (9 epochs, seed 0, validation only). Per kernel, on ``<kernel>-ape``: the
    learning rate from :data:`LEARNING_RATES` at warm-up :data:`WARMUPS` [0], then the warm-up
    from :data:`WARMUPS` at that rate; then, at the kernel's recipe, the Fourier RPE's terms R
    (``<kernel>-frpe``) from :data:`FRPE_TERMS`, and the initial temperature of Luo et al.'s
@@ -42,7 +42,9 @@ from rpevit.training import TrainConfig
 
 RECORDS = Path("docs/results/budget-study")
 RUNS = Path("runs/budget-study")
-TUNE_EPOCHS, TUNE_SEED = 9, 42
+#: the tuning seed is none of the reported :data:`SEEDS`: a reported run is then never the
+#: candidate that won the tuning on its own validation score (no winner's curse in the tables)
+TUNE_EPOCHS, TUNE_SEED = 9, 0
 LEARNING_RATES = (1.5e-3, 3e-3, 6e-3)
 WARMUPS = (0.3, 1.0)
 FRPE_TERMS = (1, 2, 4)
@@ -50,7 +52,7 @@ TEMPERATURES = (2.0, 4.0, 8.0)
 BUDGETS = (3, 9, 27)
 SEEDS = (42, 43, 44)
 RULE = (
-    "highest final-epoch validation accuracy (seed 42, 9 epochs), ties to the earlier "
+    "highest final-epoch validation accuracy (seed 0, 9 epochs), ties to the earlier "
     "candidate; learning rate at warm-up 0.3 first, then warm-up at that rate"
 )
 
