@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import warnings
 
 import lightning as L
 import pytest
@@ -293,8 +294,6 @@ def test_end_to_end_training_writes_a_complete_run(tmp_path):
 
 
 def test_training_console_has_no_framework_chatter_but_keeps_real_warnings(tmp_path, capfd):
-    import warnings
-
     config = tiny_run(tmp_path, run_name="quiet", epochs=1, max_train_samples=128)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -360,7 +359,11 @@ def test_resume_mid_epoch_gives_identical_results(tmp_path):
         train(config, callbacks=[Crash(step=5)])
     # last.ckpt is from step 3 of the first epoch's 5, saved before the crash
     assert load_checkpoint(tmp_path / "crashed" / "checkpoints" / "last.ckpt")["global_step"] == 3
-    resumed = train({**config, "resume": True})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = train({**config, "resume": True})
+    # the checkpoint folder of a resumed run exists by design: no warning about it
+    assert not any("is not empty" in str(w.message) for w in caught)
 
     for key in ("val_accuracy", "test_accuracy", "log_likelihood", "f1_macro", "checkpoint_step"):
         assert resumed[key] == reference[key], key

@@ -176,14 +176,17 @@ LIGHTNING_INFO_LOGGER = "lightning.pytorch.utilities.rank_zero"
 
 @contextlib.contextmanager
 def quiet_framework() -> Iterator[None]:
-    """Silence Lightning's informational lines and the pytree deprecation warning it raises
-    with recent torch, for one run; real warnings (``rank_zero_warn``) still show."""
+    """Silence Lightning's informational lines, the pytree deprecation warning it raises with
+    recent torch and its "checkpoint directory exists" warning (a resumed run's folder has
+    checkpoints by design; a new run into a used folder is refused before training), for one
+    run; real warnings (``rank_zero_warn``) still show."""
     logger = logging.getLogger(LIGHTNING_INFO_LOGGER)
     level = logger.level
     logger.setLevel(logging.WARNING)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`")
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* is not empty")
             yield
     finally:
         logger.setLevel(level)
