@@ -110,6 +110,32 @@ def test_interrupted_grid_redoes_no_finished_run(tmp_path, monkeypatch):
     assert again.calls == []
 
 
+def test_time_left_counts_only_runs_trained_from_scratch(tmp_path, monkeypatch, capsys):
+    """A resumed run's wall time covers only its last part: the estimate of the time left
+    must not average it in (it would promise the rest of the grid too early)."""
+    clock = [0.0]
+    monkeypatch.setattr(grid.time, "perf_counter", lambda: clock[0])
+    out, models = tmp_path / "grid", ["relu-ape", "softmax-ape"]
+    monkeypatch.setattr(grid, "train", FakeTrain(crash_at=1, crash_on=Killed()))
+    with pytest.raises(Killed):
+        run_grid(base_config(tmp_path), models=models, seeds=[1, 2], out=out)
+
+    fake = FakeTrain()
+
+    def timed(config: TrainConfig) -> dict:
+        clock[0] += 10.0 if config.resume else 100.0
+        return fake(config)
+
+    monkeypatch.setattr(grid, "train", timed)
+    capsys.readouterr()
+    run_grid(base_config(tmp_path), models=models, seeds=[1, 2], out=out)
+    lines = [line for line in capsys.readouterr().out.splitlines() if ": training (" in line]
+    assert fake.calls[0].resume and len(lines) == 3
+    assert " left)" not in lines[0]  # only the resumed run so far: no estimate
+    assert lines[1].endswith("~3m20s left)")  # 2 runs x 100 s, not x the mean of 10 and 100
+    assert lines[2].endswith("~1m40s left)")
+
+
 def test_cli_passes_train_options_and_reports_failures(tmp_path, monkeypatch, capsys):
     class Failing(FakeTrain):
         def __call__(self, config):

@@ -115,7 +115,8 @@ def run_one(
     seconds = time.perf_counter() - run_start
     if records is not None:
         RunDir(cfg.run_dir).copy_records(records / run.name)
-    summary.trained_seconds.append(seconds)
+    if state != "partial":  # a resumed run's time covers only its last part: not a run's cost
+        summary.trained_seconds.append(seconds)
     summary.records[run].update(
         status="finished",
         resumed=state == "partial",

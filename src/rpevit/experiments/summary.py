@@ -43,7 +43,7 @@ class GridSummary:
     header: dict[str, Any]
     records: dict[GridRun, dict[str, Any]]
     start: float = field(default_factory=time.perf_counter)
-    #: wall time of every run trained so far, for the estimate of the time left
+    #: wall time of every run trained from scratch so far, for the estimate of the time left
     trained_seconds: list[float] = field(default_factory=list)
 
     def elapsed(self) -> str:
