@@ -89,6 +89,18 @@ def test_tuning_runs_stage_by_stage_and_records_its_choices(tmp_path):
     # per kernel 3 rates, 1 more warm-up, the frpe terms; then the temperatures
     assert len(choices["final_val_accuracy"]) == 3 * (3 + 1 + len(FRPE_TERMS)) + 3
     assert "ties to the earlier" in choices["rule"]
+    table = (tmp_path / "tuning.md").read_text()
+    # every candidate with its score, the choice in bold (warm-up 0.3 is the rate's own run)
+    assert (
+        "| softmax | learning rate (warm-up 0.3) | 0.0015: 50.00, **0.003: 60.00**, "
+        "0.006: 50.00 |" in table
+    )
+    assert "| relu | warm-up epochs (lr 0.003) | 0.3: 60.00, **1: 70.00** |" in table
+    assert "| favor | frpe terms R | 1: 50.00, **2: 60.00**, 4: 50.00 |" in table
+    assert (
+        "| favor (Luo: qk_norm) | initial temperature | 2: 50.00, 4: 50.00, **8: 60.00** |" in table
+    )
+    assert table.count("**") == 2 * (3 * 3 + 1)  # one choice per row, 10 rows
 
 
 def test_the_budget_grids_use_each_kernels_choices_and_add_luos_rows(tmp_path):

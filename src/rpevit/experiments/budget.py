@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rpevit.atomic import write_json_atomic
+from rpevit.atomic import atomic_write, write_json_atomic
 from rpevit.errors import ConfigError
 from rpevit.experiments.parallel import GridSpec, run_grids_parallel
 from rpevit.experiments.plan import plan_grid, run_folder
@@ -177,6 +177,49 @@ class Study:
         }
         return [], choices
 
+    def tuning_markdown(self, choices: Mapping[str, Any]) -> str:
+        """``tuning.md``: per kernel and setting, every candidate's final validation accuracy
+        with the chosen one in bold, and the rule."""
+        scores = choices["final_val_accuracy"]
+
+        def cells(grids: Sequence[tuple[Any, Grid]], chosen: Any) -> str:
+            return ", ".join(
+                f"**{value:g}: {100 * scores[g.name]:.2f}**" if value == chosen
+                else f"{value:g}: {100 * scores[g.name]:.2f}"
+                for value, g in grids
+            )  # fmt: skip
+
+        rows = []
+        for kernel, chosen in choices["kernels"].items():
+            lr, warmup = chosen["lr"], chosen["warmup_epochs"]
+            recipe = Recipe(lr, warmup)
+            rows += [
+                f"| {kernel} | learning rate (warm-up {WARMUPS[0]:g}) | "
+                f"{cells(self.lr_grids(kernel), lr)} |",
+                f"| {kernel} | warm-up epochs (lr {lr:g}) | "
+                f"{cells(self.warmup_grids(kernel, lr), warmup)} |",
+                f"| {kernel} | frpe terms R | "
+                f"{cells(self.frpe_grids(kernel, recipe), chosen['frpe_terms'])} |",
+            ]
+        favor = choices["kernels"]["favor"]
+        luo = self.luo_grids(Recipe(favor["lr"], favor["warmup_epochs"]))
+        rows.append(
+            f"| favor (Luo: qk_norm) | initial temperature | "
+            f"{cells(luo, choices['luo_qk_temperature'])} |"
+        )
+        return "\n".join([
+            f"# Budget study: tuning ({TUNE_EPOCHS} epochs, seed {TUNE_SEED}, validation split)",
+            "",
+            f"Rule: {choices['rule']}. Final-epoch validation accuracy % per candidate; the "
+            "chosen one in bold. Written by `python -m rpevit.experiments.budget` from the "
+            "records in `tune/`; the same choices in `tuning.json`.",
+            "",
+            "| kernel | setting | candidates: final val % |",
+            "| --- | --- | --- |",
+            *rows,
+            "",
+        ])  # fmt: skip
+
     def budget_grids(self, epochs: int, choices: Mapping[str, Any]) -> list[Grid]:
         """The grids of one budget: per kernel its recipe (the 27-epoch budget: APE and the
         declared encoding only), and Luo's normalised FAVOR+ rows."""
@@ -245,6 +288,8 @@ class Study:
         if choices is None:
             return "tuning", pending
         write_json_atomic(self.records / "tuning.json", choices)
+        with atomic_write(self.records / "tuning.md", "w") as handle:
+            handle.write(self.tuning_markdown(choices))
         short = [g for e in BUDGETS[:2] for g in self.budget_grids(e, choices)]
         if not all(map(self.finished, short)):
             return "3 and 9 epochs", short
