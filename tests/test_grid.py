@@ -24,6 +24,7 @@ from rpevit.experiments import (
 )
 from rpevit.registry import CORE_MODELS
 from rpevit.report import build_report
+from rpevit.report.build import NO_CHECKPOINTS
 from rpevit.training import TrainConfig, load_checkpoint, train
 
 
@@ -267,6 +268,14 @@ def test_tiny_real_grid_resumes_then_reports(tmp_path, monkeypatch):
     for name in ("curves", "tradeoff", "accuracy_heatmap", "attention_maps"):
         assert (tmp_path / "report" / f"{name}.png").stat().st_size > 10_000
     assert not [n for n in report["notes"] if "attention" in n], report["notes"]
+    # a run kept as a record without checkpoints: its panel says so, the others are drawn
+    for ckpt in (partial / "checkpoints").glob("*.ckpt"):
+        ckpt.unlink()
+    report = build_report(out, tmp_path / "report", data_dir=root)
+    assert [n for n in report["notes"] if "attention" in n] == [
+        f"attention maps of softmax-ape not drawn: {NO_CHECKPOINTS}"
+    ]
+    assert (tmp_path / "report" / "attention_maps.png").stat().st_size > 10_000
 
 
 def test_parallel_jobs_run_every_shard_and_merge_the_summary(tmp_path):

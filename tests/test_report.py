@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import shared_data_dir
 from einops import rearrange
 
 from rpevit import create_model
@@ -24,6 +25,7 @@ from rpevit.report import (
     mean_std,
     read_curves,
 )
+from rpevit.report.build import NO_CHECKPOINTS
 
 #: Test accuracy per (model, seed); every other model gets 0.9 with seed 0.
 ACCURACY = {
@@ -165,6 +167,23 @@ def test_missing_models_and_mixed_inputs(tmp_path):
         load_runs(tmp_path / "empty")
     with pytest.raises(ConfigError, match="does not exist"):
         load_runs(tmp_path / "missing")
+
+
+def test_a_report_from_records_without_checkpoints_draws_no_empty_attention_figure(tmp_path):
+    """Committed study records hold no checkpoints: with the data at hand, one note says why
+    there are no attention maps and how to get them, and no figure of empty panels is drawn."""
+    data = shared_data_dir()
+    if data is None:
+        pytest.skip("real MNIST not found (set RPEVIT_DATA_DIR)")
+    runs = tmp_path / "runs"
+    for model in ("softmax-ape", "favor-ape"):
+        for seed in (0, 1):
+            write_run(runs, model, seed, 0.9)
+    summary = build_report(runs, tmp_path / "report", data_dir=data)
+    assert [n for n in summary["notes"] if "attention" in n] == [
+        f"attention maps skipped: {NO_CHECKPOINTS}"
+    ]
+    assert not (tmp_path / "report" / "attention_maps.png").exists()
 
 
 def test_curves_keep_epochs_from_before_a_resume(tmp_path):

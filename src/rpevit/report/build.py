@@ -34,8 +34,13 @@ from rpevit.report.tables import (
     transfer_table,
 )
 from rpevit.runs import PREDICTIONS, RunDir
-from rpevit.training.checkpointing import find_checkpoint
 from rpevit.training.inference import load_model
+
+#: Why a report drawn from records alone (no checkpoints) has no attention maps, and the fix.
+NO_CHECKPOINTS = (
+    "no checkpoint in the run folder (records only, as committed); build the report where the "
+    "runs were trained to draw them"
+)
 
 
 def _test_image(run: Run, data_dir: str | Path | None, index: int) -> tuple[Any, Any, int]:
@@ -62,17 +67,51 @@ def attention_maps(
     """Per model trained plainly (its lowest-seed run's best checkpoint): the last layer's CLS
     attention map, mean over heads, or a short note why there is none; plus report notes."""
     maps: dict[str, np.ndarray | str] = {}
-    notes = []
+    notes, missing = [], []
     for run in runs:
         if run.model in maps or run.variant != run.model:
             continue
+        checkpoint = RunDir(run.path).checkpoint()
+        if checkpoint is None:  # a record without checkpoints (e.g. a committed study record)
+            maps[run.model] = "n/a: no checkpoint"
+            missing.append(run.model)
+            continue
         try:
-            model, _ = load_model(find_checkpoint(run.path))
+            model, _ = load_model(checkpoint)
             maps[run.model] = cls_attention_map(model, image).mean(dim=0).numpy()
         except (RpevitError, TypeError, ValueError, RuntimeError, KeyError) as error:
             maps[run.model] = "n/a: " + str(error).split(";")[0][:80]
             notes.append(f"attention map of {run.model} skipped: {error}")
+    if missing:
+        notes.append(f"attention maps of {', '.join(missing)} not drawn: {NO_CHECKPOINTS}")
     return maps, notes
+
+
+def _attention_figure(
+    runs: Sequence[Run],
+    out: Path,
+    data_dir: str | Path | None,
+    image_index: int,
+    plots: list[Path | None],
+    notes: list[str],
+) -> None:
+    """Append the attention-map figure to ``plots`` (or say in ``notes`` why there is none)."""
+    try:
+        raw, image, label = _test_image(runs[0], data_dir, image_index)
+    except (RpevitError, OSError, IndexError) as error:
+        notes.append(f"attention maps skipped: cannot load test image {image_index} ({error})")
+        return
+    maps, map_notes = attention_maps(runs, image)
+    notes += map_notes
+    plots.append(
+        plot_attention_maps(
+            raw.float().numpy() / 255,
+            maps,
+            out / "attention_maps.png",
+            f"CLS attention to patches, last layer, mean over heads ({runs[0].dataset} test "
+            f"image {image_index}, label {label}; best checkpoint, lowest seed)",
+        )
+    )
 
 
 def build_report(
@@ -126,22 +165,10 @@ def build_report(
         references = [r for r in rows if r["kernel"] == "softmax" and r["init_from"] is None]
         plots.append(plot_feature_ablation(ablation, references, out / "feature_ablation.png"))
     plots.append(plot_resolution(transfer, out / "resolution_transfer.png"))
-    try:
-        raw, image, label = _test_image(runs[0], data_dir, image_index)
-    except (RpevitError, OSError, IndexError) as error:
-        notes.append(f"attention maps skipped: cannot load test image {image_index} ({error})")
+    if not any(RunDir(r.path).checkpoint() for r in runs if r.variant == r.model):
+        notes.append(f"attention maps skipped: {NO_CHECKPOINTS}")
     else:
-        maps, map_notes = attention_maps(runs, image)
-        notes += map_notes
-        plots.append(
-            plot_attention_maps(
-                raw.float().numpy() / 255,
-                maps,
-                out / "attention_maps.png",
-                f"CLS attention to patches, last layer, mean over heads ({dataset} test "
-                f"image {image_index}, label {label}; best checkpoint, lowest seed)",
-            )
-        )
+        _attention_figure(runs, out, data_dir, image_index, plots, notes)
     plots = [p for p in plots if p is not None]
     if not any(run.curves for run in runs):
         notes.append("no validation curves: no run has CSV logs with val/loss, val/acc")
