@@ -239,7 +239,7 @@ def build_budget_report(
     """``budgets.md``, ``budgets.csv`` (gaps), ``budgets.json`` and the two figures in ``out``
     for the runs below ``runs_dirs`` (one data set, grouped by their epochs); ``tuned``: model
     options chosen per kernel by tuning (see :func:`~rpevit.report.runs.load_runs`)."""
-    runs, notes = load_runs(*runs_dirs, tuned=tuned)
+    runs, notes = load_runs(*runs_dirs, tuned=tuned, by_epochs=True)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     by_budget = runs_by_budget(runs)

@@ -156,10 +156,14 @@ def read_curves(run_dir: Path) -> dict[int, dict[str, float]]:
     return dict(sorted(curves.items()))
 
 
-def load_runs(*runs_dirs: str | Path, tuned: Sequence[str] = ()) -> tuple[list[Run], list[str]]:
+def load_runs(
+    *runs_dirs: str | Path, tuned: Sequence[str] = (), by_epochs: bool = False
+) -> tuple[list[Run], list[str]]:
     """Every finished run below the ``runs_dirs`` (sorted by model, seed) and notes on what was
     left out or looks inconsistent. Runs of several data sets raise ConfigError. ``tuned``:
-    model options chosen per kernel by tuning (see :attr:`Run.tuned`)."""
+    model options chosen per kernel by tuning (see :attr:`Run.tuned`). ``by_epochs``: the runs
+    are grouped by their epochs (a budget study), so differing epochs and one seed at several
+    budgets are no inconsistency."""
     if not runs_dirs:
         raise ConfigError("no runs folder given")
     runs, notes, seen = [], [], set()
@@ -192,17 +196,19 @@ def load_runs(*runs_dirs: str | Path, tuned: Sequence[str] = ()) -> tuple[list[R
             "report one data set's folders at a time"
         )
     runs.sort(key=lambda r: (r.variant, r.seed if r.seed is not None else -1, str(r.path)))
-    notes += _consistency_notes(runs)
+    notes += _consistency_notes(runs, by_epochs)
     return runs, notes
 
 
-def _consistency_notes(runs: list[Run]) -> list[str]:
+def _consistency_notes(runs: list[Run], by_epochs: bool = False) -> list[str]:
     """Notes on settings that differ between runs (they would be averaged or compared as if
-    equal) and on variants with a seed run more than once. What tells variants apart (feature
-    options, initial weights, and the epochs of runs that continue another) is no difference."""
+    equal) and on variants with a seed run more than once (per budget when ``by_epochs``). What
+    tells variants apart (feature options, initial weights, and the epochs of runs that
+    continue another) is no difference."""
     notes = []
+    skipped = ("model", "seed", "init_from", "model_options", *(("epochs",) if by_epochs else ()))
     for key in GRID_IDENTITY:
-        if key in ("model", "seed", "init_from", "model_options"):
+        if key in skipped:
             continue
         compared = [run for run in runs if key != "epochs" or not run.source]
         values = {json.dumps(run.config.get(key), sort_keys=True) for run in compared}
@@ -215,10 +221,12 @@ def _consistency_notes(runs: list[Run]) -> list[str]:
     for variant, values in options.items():
         if len(values) > 1:
             notes.append(f"runs of {variant} differ in model options: {', '.join(sorted(values))}")
-    seen: dict[tuple[str, Any], int] = {}
+    seen: dict[tuple[str, Any, Any], int] = {}
     for run in runs:
-        seen[(run.variant, run.seed)] = seen.get((run.variant, run.seed), 0) + 1
-    for (variant, seed), count in seen.items():
+        key = (run.variant, run.seed, run.epochs if by_epochs else None)
+        seen[key] = seen.get(key, 0) + 1
+    for (variant, seed, epochs), count in seen.items():
         if count > 1:
-            notes.append(f"{variant} has {count} runs with seed {seed}; all are averaged")
+            budget = "" if epochs is None else f" at {epochs} epochs"
+            notes.append(f"{variant} has {count} runs with seed {seed}{budget}; all are averaged")
     return notes
