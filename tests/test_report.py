@@ -440,7 +440,7 @@ def test_budget_report_groups_runs_by_epochs_and_pairs_gaps_by_seed(tmp_path):
     assert "| favor-ape | 53.00 ± 1.00 (3) | 58.00 ± 1.00 (3) |" in text
     for name in ("accuracy_vs_budget", "gap_vs_budget"):
         assert (tmp_path / "out" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # one seed at several budgets is the design, not a duplicate; a seed twice in a budget is
+    # one seed at several budgets is the design, not a duplicate; a seed twice in one budget is one
     assert summary["notes"] == []
     write_run(tmp_path / "e9-again", "softmax-ape", 1, 0.6, epochs=9)
     again = build_budget_report([tmp_path / "e3", tmp_path / "e9", tmp_path / "e9-again"],
