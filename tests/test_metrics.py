@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from rpevit.metrics import (
     information_criteria,
     log_likelihood,
     peak_memory_mb,
+    reset_peak_memory,
 )
 
 
@@ -92,6 +94,18 @@ def test_parameter_counts_and_latency():
 
 def test_peak_memory_is_reported_on_cpu():
     assert peak_memory_mb("cpu") > 10
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the RSS high-water mark is reset via /proc")
+def test_peak_memory_reset_starts_a_new_measurement():
+    """A grid worker trains several runs in one process: after the reset, a run's peak no
+    longer holds an earlier run's (here: a freed 256 MiB tensor)."""
+    big = torch.ones(64 * 2**20)  # 256 MiB, written
+    before = peak_memory_mb("cpu")
+    del big
+    assert peak_memory_mb("cpu") == before  # the high-water mark stays without a reset
+    assert reset_peak_memory("cpu") is True
+    assert peak_memory_mb("cpu") < before - 200
 
 
 def test_json_is_written_atomically(tmp_path):

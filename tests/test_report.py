@@ -221,6 +221,20 @@ def test_attention_weights_reproduce_the_attention_output(name):
     assert cls_map.shape == (2, 3, 3) and bool((cls_map >= 0).all())
 
 
+def test_peak_memory_only_where_it_is_the_runs_own(tmp_path):
+    """An older CPU record holds the peak of a grid worker that trained other runs first (its
+    value follows the order of the runs, not the model): the report leaves it out."""
+    runs = tmp_path / "runs"
+    write_run(runs, "softmax-ape", 0, 0.9, peak_memory_mb=300.0, peak_memory_per_run=True)
+    write_run(runs, "favor-ape", 0, 0.9, peak_memory_mb=3000.0)  # no flag: older record
+    write_run(runs, "relu-ape", 0, 0.9, device="cuda:0 (NVIDIA H100)")  # GPU: reset per run
+    summary = build_report([runs], tmp_path / "report")
+    peak = {row["variant"]: row["peak_memory_mb_mean"] for row in summary["rows"]}
+    assert peak == {"softmax-ape": 300.0, "favor-ape": None, "relu-ape": 500.0}
+    cost = (tmp_path / "report" / "results.md").read_text().split("## Cost")[1]
+    assert "| favor-ape | 1 |" in cost and "3,000" not in cost and "| 300 |" in cost
+
+
 def test_ablation_from_checkpoint_and_resolution_sections(tmp_path):
     scratch, tuned, ablation = tmp_path / "scratch", tmp_path / "tuned", tmp_path / "ablation"
     write_run(scratch, "softmax-ape", 0, 0.98)

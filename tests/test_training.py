@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import warnings
 
 import lightning as L
@@ -17,6 +18,7 @@ from rpevit.attention.kernels import DEFAULT_REDRAW_INTERVAL, DEFAULT_REDRAW_STO
 from rpevit.cli.evaluate import add_evaluate_arguments
 from rpevit.cli.train import add_train_arguments, config_from_args
 from rpevit.errors import CheckpointError, ConfigError, DataNotFoundError
+from rpevit.metrics import peak_memory_mb
 from rpevit.runs import RunDir
 from rpevit.training import evaluate, load_checkpoint, resolve_config, train
 from rpevit.training.config import apply_min_steps
@@ -255,7 +257,13 @@ def tiny_run(tmp_path, **overrides) -> dict:
 
 
 def test_end_to_end_training_writes_a_complete_run(tmp_path):
+    ballast = torch.ones(256 * 2**20)  # 1 GiB freed before the run: not the run's memory
+    earlier_peak = peak_memory_mb("cpu")
+    del ballast
     metrics = train(tiny_run(tmp_path, run_name="e2e", max_train_samples=2048, epochs=4, lr=5e-3))
+    if sys.platform == "linux":  # each run reports its own peak, as in a grid worker
+        assert metrics["peak_memory_per_run"] is True
+        assert metrics["peak_memory_mb"] < earlier_peak - 512
     run = tmp_path / "e2e"
     for name in ("config.json", "metrics.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt"):
         assert (run / name).is_file(), name

@@ -130,10 +130,28 @@ def inference_ms_per_sample(
     return statistics.median(times) * 1000 / batch.shape[0]
 
 
-def peak_memory_mb(device: torch.device | str = "cpu") -> float | None:
-    """Peak memory in MiB: CUDA ``max_memory_allocated`` on GPUs, else the process's peak RSS.
+def reset_peak_memory(device: torch.device | str = "cpu") -> bool:
+    """Start a new peak-memory measurement, e.g. at the start of a run, so a worker process
+    that trains several runs reports each run's own peak: CUDA's peak statistics, or on Linux
+    the process's RSS high-water mark (``/proc/self/clear_refs``). False where the CPU peak
+    cannot be reset: :func:`peak_memory_mb` then covers the whole process lifetime."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")  # 5: reset the peak RSS to the current RSS (Linux >= 4.0)
+    except OSError:
+        return False
+    return True
 
-    Peak RSS covers the whole process lifetime (data, model, framework), so it is an upper
+
+def peak_memory_mb(device: torch.device | str = "cpu") -> float | None:
+    """Peak memory in MiB since the last :func:`reset_peak_memory` (or process start): CUDA
+    ``max_memory_allocated`` on GPUs, else the process's peak RSS.
+
+    Peak RSS counts everything in the process (data, model, framework), so it is an upper
     bound on what training needed; None where it cannot be measured (Windows).
     """
     device = torch.device(device)

@@ -85,6 +85,9 @@ class Metrics:
     inference_ms_per_sample: float | None = None
     inference_batch_size: int | None = None
     peak_memory_mb: float | None = None
+    #: True: ``peak_memory_mb`` counts from the start of this run's training. Absent in older
+    #: records, whose CPU peak is that of a worker process that may have trained other runs first
+    peak_memory_per_run: bool | None = None
     device: str | None = None
     torch_version: str | None = None
     git_commit: str | None = None
@@ -112,6 +115,13 @@ class Metrics:
         known = {k: v for k, v in data.items() if k in names}
         return cls(**known, extra={k: v for k, v in data.items() if k not in names})
 
+    @property
+    def run_peak_memory_mb(self) -> float | None:
+        """``peak_memory_mb`` where it is this run's own (measured per run, or on a GPU, where
+        the peak was always reset per run); None for an older CPU record."""
+        per_run = self.peak_memory_per_run or (self.device or "").startswith("cuda")
+        return self.peak_memory_mb if per_run else None
+
     def to_dict(self) -> dict[str, Any]:
         """The record as written to ``metrics.json`` (the inverse of :meth:`from_dict`)."""
         record = {}
@@ -125,6 +135,7 @@ class Metrics:
 #: Metrics fields that older runs or other code paths lack: absent from the file when None.
 _WRITTEN_WHEN_SET = ("resolution_transfer", "hardware", "software", "train_seconds_epochs")
 _WRITTEN_WHEN_SET += ("last_checkpoint_epoch", "last_val_accuracy", "last_test_accuracy")
+_WRITTEN_WHEN_SET += ("peak_memory_per_run",)
 
 
 @dataclass(frozen=True)

@@ -215,7 +215,9 @@ def markdown(
         cost_table,
         "Parameters: trainable. FLOPs: forward, per image. Training seconds per epoch exclude "
         "validation; inference milliseconds per sample are the median over timed batches; "
-        "peak memory is the peak RSS of the process on CPU, max allocated on GPU.",
+        "peak memory is the run's peak RSS on CPU (from the start of its training), max "
+        "allocated on GPU; not shown for CPU records written before it was measured per run "
+        "(they hold the peak of a worker process that may have trained other runs first).",
         "## Gap closed by relative position encodings",
         closed_table,
         *statistics,

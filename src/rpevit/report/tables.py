@@ -89,7 +89,11 @@ METRICS: tuple[Metric, ...] = (
         "cost",
     ),  # fmt: skip
     Metric(
-        "peak_memory_mb", "peak memory MiB", _get("peak_memory_mb"), lambda x: f"{x:,.0f}", "cost"
+        "peak_memory_mb",
+        "peak memory MiB",
+        _get("run_peak_memory_mb"),
+        lambda x: f"{x:,.0f}",
+        "cost",
     ),  # fmt: skip
 )
 

@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from rpevit.data import DataConfig, ImageDataModule, get_spec
 from rpevit.errors import CheckpointError, ConfigError, NonFiniteLossError, one_line
+from rpevit.metrics import reset_peak_memory
 from rpevit.runs import CSV_LOGS, LOGS, TENSORBOARD, RunDir
 from rpevit.training.callbacks import EpochTimer, GracefulStop, LastEveryEpoch
 from rpevit.training.checkpointing import (
@@ -245,8 +246,7 @@ def _train(config: TrainConfig | Mapping[str, Any], callbacks: Sequence[L.Callba
     trainer = build_trainer(config, run.path, [timer, stopper, *callbacks])
     if trainer.is_global_zero:
         run.write_config(config.to_dict())
-    if trainer.strategy.root_device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(trainer.strategy.root_device)
+    peak_per_run = reset_peak_memory(trainer.strategy.root_device)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     except NonFiniteLossError as e:
@@ -265,6 +265,7 @@ def _train(config: TrainConfig | Mapping[str, Any], callbacks: Sequence[L.Callba
         inference_batch_size=config.inference_batch_size,
         predictions_out=run.predictions_file,
     )
+    metrics.peak_memory_per_run = peak_per_run
     metrics.train_seconds_per_epoch = timer.mean_seconds
     metrics.train_seconds_epochs = timer.epoch_seconds
     try:  # the final state beside the best (none to record if last.ckpt is unreadable)
