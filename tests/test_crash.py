@@ -282,6 +282,52 @@ def children(pid: int) -> list[int]:
     return [c for c in pids if (s := _stat(c)) is not None and int(s[1]) == pid and s[0] != "Z"]
 
 
+GRIDS_DRIVER = """
+import json, sys
+from pathlib import Path
+from rpevit.experiments.parallel import GridSpec, run_grids_parallel
+from rpevit.training import TrainConfig
+
+base, out, *models = sys.argv[1:]
+config = TrainConfig.from_dict(json.loads(base))
+specs = [GridSpec(config, (m,), (0,), Path(out) / f"grid{i}") for i, m in enumerate(models)]
+run_grids_parallel(specs, jobs=2)
+"""
+
+
+def _no_orphans(process: subprocess.Popen, workers: list[int]) -> str:
+    """SIGKILL the grid's parent; the workers must exit within a minute. Its stderr."""
+    process.kill()
+    start = time.monotonic()
+    while any(alive(pid) for pid in workers) and time.monotonic() - start < 60:
+        time.sleep(0.1)
+    orphans = [pid for pid in workers if alive(pid)]
+    for pid in orphans:  # do not leave them training on a failure
+        os.kill(pid, signal.SIGKILL)
+    _, stderr = process.communicate(timeout=60)
+    assert workers and not orphans, "workers outlived the grid"
+    return stderr
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc (Linux)")
+def test_killed_parent_of_several_grids_starts_no_queued_shard(tmp_path):
+    """Three one-run grids on two workers (as the budget study queues them), the parent
+    SIGKILLed: the two running shards checkpoint, and no worker takes the queued third."""
+    if shared_data_dir() is None:
+        pytest.skip("shared MNIST data not found")
+    models = ("relu-ape", "softmax-ape", "favor-ape")
+    base = json.dumps(config(tmp_path, "unused", epochs=10000, model_options={}))
+    argv = [sys.executable, "-c", GRIDS_DRIVER, base, str(tmp_path), *models]
+    process = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    lasts = [tmp_path / f"grid{i}" / m / "seed0" / "checkpoints" / "last.ckpt"
+             for i, m in enumerate(models)]  # fmt: skip
+    wait_for(lambda: all(p.is_file() for p in lasts[:2]), process, timeout=240)
+    stderr = _no_orphans(process, children(process.pid))
+    assert stderr.count("SIGTERM received: saving a checkpoint") == 2, stderr[-2000:]
+    assert all(step_of(p) > 0 for p in lasts[:2])
+    assert not lasts[2].exists(), "a worker trained a grid queued before the parent died"
+
+
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc (Linux)")
 def test_killed_grid_parent_leaves_no_orphan_workers(tmp_path):
     """``rpevit grid --jobs 2`` SIGKILLed: its workers checkpoint and exit, not train on."""
@@ -297,15 +343,6 @@ def test_killed_grid_parent_leaves_no_orphan_workers(tmp_path):
     process = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
     lasts = [tmp_path / m / "seed0" / "checkpoints" / "last.ckpt" for m in models]
     wait_for(lambda: all(p.is_file() for p in lasts), process, timeout=240)
-    workers = children(process.pid)
-    process.kill()
-    start = time.monotonic()
-    while any(alive(pid) for pid in workers) and time.monotonic() - start < 60:
-        time.sleep(0.1)
-    orphans = [pid for pid in workers if alive(pid)]
-    for pid in orphans:  # do not leave them training on a failure
-        os.kill(pid, signal.SIGKILL)
-    _, stderr = process.communicate(timeout=60)
-    assert workers and not orphans, "workers outlived the grid"
+    stderr = _no_orphans(process, children(process.pid))
     assert stderr.count("SIGTERM received: saving a checkpoint") == len(models), stderr[-2000:]
     assert all(step_of(p) > 0 for p in lasts)  # and the checkpoints are readable

@@ -46,16 +46,20 @@ class GridSpec:
 
 #: Set in a grid worker while it runs its shard (see :func:`_stop_with_parent`).
 _SHARD_RUNNING = threading.Event()
+#: Set in a grid worker once its parent is gone: it takes no further shard from the queue.
+_ORPHANED = threading.Event()
 
 
 def _stop_with_parent(parent: int) -> None:
     """Worker start: once the grid's parent process is gone (killed by SIGTERM or SIGKILL), stop
     the shard as ``kill`` would (SIGTERM: checkpoint at the next step) and exit, instead of
-    training on as an orphan or waiting forever for the next shard."""
+    training on as an orphan, taking the shards still queued (:func:`run_grids_parallel` queues
+    more than there are workers), or waiting forever for the next shard."""
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(1.0)
+        _ORPHANED.set()
         if _SHARD_RUNNING.is_set():
             os.kill(os.getpid(), signal.SIGTERM)
             while _SHARD_RUNNING.is_set():
@@ -66,6 +70,8 @@ def _stop_with_parent(parent: int) -> None:
 
 
 def _run_shard(spec: GridSpec, shard: tuple[int, int]) -> dict[str, Any]:
+    if _ORPHANED.is_set():  # a shard queued before the parent died: nobody wants its result
+        os._exit(128 + signal.SIGTERM)
     _SHARD_RUNNING.set()
     try:
         return run_grid(
