@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 from pathlib import Path
@@ -11,6 +12,8 @@ import pytest
 import torch
 from conftest import shared_data_dir
 from einops import rearrange
+from matplotlib.figure import Figure
+from matplotlib.transforms import Bbox
 
 from rpevit import create_model
 from rpevit.errors import ConfigError
@@ -26,6 +29,7 @@ from rpevit.report import (
     read_curves,
 )
 from rpevit.report.build import NO_CHECKPOINTS
+from rpevit.report.summary_plots import LABEL_PLACES, separate_labels
 
 #: Test accuracy per (model, seed); every other model gets 0.9 with seed 0.
 ACCURACY = {
@@ -219,6 +223,33 @@ def test_attention_weights_reproduce_the_attention_output(name):
     assert torch.allclose(rebuilt, attn(x, grid), atol=1e-10)
     cls_map = cls_attention_map(model, torch.randn(1, 12, 12, dtype=torch.float64))
     assert cls_map.shape == (2, 3, 3) and bool((cls_map >= 0).all())
+
+
+def test_point_labels_end_beside_their_points_and_over_no_other_label():
+    """Variants with nearly equal accuracy and time: six labels on one spot (more than the
+    four places beside a point), a label that must leave its first place so as not to hide a
+    nearby point, and a lone point that keeps the first place."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    ax.set(xlim=(0, 1), ylim=(0, 1))
+    spots = [(0.5, 0.5), (0.505, 0.502), (0.51, 0.498), (0.5, 0.5), (0.5, 0.5), (0.5, 0.51)]
+    spots += [(0.2, 0.8), (0.26, 0.825)]  # the first's label right-up would hide the second
+    spots.append((0.9, 0.1))
+    labels = [
+        ax.annotate(f"variant-{i}", xy, xytext=(6, 4), textcoords="offset points")
+        for i, xy in enumerate(spots)
+    ]
+    separate_labels(fig, labels)
+    renderer = fig.canvas.get_renderer()
+    boxes = [label.get_window_extent(renderer) for label in labels]
+    assert not any(a.overlaps(b) for a, b in itertools.combinations(boxes, 2))
+    for box, xy in zip(boxes, spots, strict=True):  # no label wanders off (< 1 inch away)
+        x, y = ax.transData.transform(xy)
+        gap = max(box.x0 - x, x - box.x1, 0), max(box.y0 - y, y - box.y1, 0)
+        assert math.hypot(*gap) < fig.dpi
+    assert labels[-1].xyann == LABEL_PLACES[0][:2]
+    x, y = ax.transData.transform(spots[-2])
+    assert not boxes[-3].overlaps(Bbox.from_bounds(x - 5, y - 5, 10, 10))
 
 
 def test_peak_memory_only_where_it_is_the_runs_own(tmp_path):

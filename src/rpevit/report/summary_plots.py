@@ -9,10 +9,52 @@ from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.text import Annotation
+from matplotlib.transforms import Bbox
 
 from rpevit.report.plot_style import MARKERS, kernels_and_positions, save_png, variant_style
+
+#: Where a point's label may go, in order of preference: offset (points) and alignment.
+LABEL_PLACES = ((6, 4, "left"), (6, -12, "left"), (-6, 4, "right"), (-6, -12, "right"))
+#: Half the side of the square kept free around each marker (pixels).
+MARKER_CLEARANCE = 5.0
+
+
+def separate_labels(fig: Figure, labels: Sequence[Annotation]) -> None:
+    """Place each point's label beside its point (right, below-right, left, below-left: the
+    first place that covers no other label and no other point), else above-right moved up
+    until it covers no other label: variants with nearly equal accuracy and time would
+    otherwise print their names over each other."""
+    FigureCanvasAgg(fig)
+    fig.draw_without_rendering()  # lay out first: the boxes are measured where they will be
+    renderer = fig.canvas.get_renderer()
+    points = [label.axes.transData.transform(label.xy) for label in labels]
+    markers = [Bbox.from_bounds(x - MARKER_CLEARANCE, y - MARKER_CLEARANCE,
+                                2 * MARKER_CLEARANCE, 2 * MARKER_CLEARANCE)
+               for x, y in points]  # fmt: skip
+    placed: list[Bbox] = []
+
+    def put(label: Annotation, dx: float, dy: float, align: str) -> Bbox:
+        label.xyann = (dx, dy)
+        label.set_horizontalalignment(align)
+        return label.get_window_extent(renderer)
+
+    for i, label in enumerate(labels):
+        obstacles = placed + markers[:i] + markers[i + 1 :]
+        for place in LABEL_PLACES:
+            box = put(label, *place)
+            if not any(box.overlaps(o) for o in obstacles):
+                break
+        else:
+            dx, dy, align = LABEL_PLACES[0]
+            box = put(label, dx, dy, align)
+            while blocking := [p for p in placed if box.overlaps(p)]:
+                dy += (max(p.y1 for p in blocking) - box.y0 + 1) * 72 / fig.dpi
+                box = put(label, dx, dy, align)
+        placed.append(box)
 
 
 def plot_tradeoff(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
@@ -28,6 +70,7 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
     models = [r["model"] for r in rows]
     fig = Figure(figsize=(9, 6), layout="constrained")
     ax = fig.subplots()
+    labels = []
     for row in rows:
         style = variant_style(row["model"], models, plain=row["variant"] == row["model"])
         ax.errorbar(
@@ -41,13 +84,14 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
             linestyle="none",
             capsize=3,
         )
-        ax.annotate(
+        label = ax.annotate(
             row["variant"],
             (row["inference_ms_per_sample_mean"], 100 * row["test_accuracy_mean"]),
             xytext=(6, 4),
             textcoords="offset points",
             fontsize=8,
         )
+        labels.append(label)
     kernels, positions = kernels_and_positions(models)
     present = {m.partition("-")[0] for m in models}, {m.partition("-")[2] for m in models}
     handles = [
@@ -67,6 +111,7 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
     )
     ax.grid(alpha=0.3)
     ax.margins(x=0.15, y=0.1)
+    separate_labels(fig, labels)
     return save_png(fig, path)
 
 
