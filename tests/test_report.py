@@ -266,6 +266,7 @@ def test_peak_memory_only_where_it_is_the_runs_own(tmp_path):
     assert "| favor-ape | 1 |" in cost and "3,000" not in cost and "| 300 |" in cost
 
 
+@pytest.mark.filterwarnings("error::UserWarning")  # e.g. an empty panel's empty legend
 def test_ablation_from_checkpoint_and_resolution_sections(tmp_path):
     scratch, tuned, ablation = tmp_path / "scratch", tmp_path / "tuned", tmp_path / "ablation"
     write_run(scratch, "softmax-ape", 0, 0.98)

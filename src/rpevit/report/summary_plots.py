@@ -205,15 +205,19 @@ def plot_feature_ablation(
 ) -> Path:
     """Test accuracy, training time per epoch and peak memory against the feature count m
     (log2 axis), one line per family (model and options); ``references`` (e.g. softmax rows)
-    as dashed levels."""
-    panels = (
-        ("test_accuracy", 100.0, "test accuracy (%)"),
-        ("train_seconds_per_epoch", 1.0, "training time per epoch (s)"),
-        ("peak_memory_mb", 1.0, "peak memory (MiB)"),
-    )
+    as dashed levels. A panel whose metric no run recorded is left out."""
+    panels = [
+        (key, scale, label)
+        for key, scale, label in (
+            ("test_accuracy", 100.0, "test accuracy (%)"),
+            ("train_seconds_per_epoch", 1.0, "training time per epoch (s)"),
+            ("peak_memory_mb", 1.0, "peak memory (MiB)"),
+        )
+        if any(r[f"{key}_mean"] is not None for r in (*ablation, *references))
+    ]
     models = [r["model"] for r in (*ablation, *references)]
-    fig = Figure(figsize=(15, 4.5), layout="constrained")
-    axes = fig.subplots(1, len(panels))
+    fig = Figure(figsize=(5 * len(panels), 4.5), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
     families = {r["family"]: r["model"] for r in ablation}  # in table order
     for ax, (key, scale, label) in zip(axes, panels, strict=True):
         for family, model in families.items():
