@@ -471,7 +471,17 @@ def test_budget_report_groups_runs_by_epochs_and_pairs_gaps_by_seed(tmp_path):
     for (model, budget), values in accuracy.items():
         for seed, acc in zip((1, 2, 3), values, strict=True):
             write_run(tmp_path / f"e{budget}", model, seed, acc, epochs=budget)
+    # per-epoch times recorded: their sum, not 10 s (the fixture's mean) x 9 epochs
+    record = tmp_path / "e9" / "favor-rope" / "seed3" / "metrics.json"
+    record.write_text(
+        json.dumps({**json.loads(record.read_text()), "train_seconds_epochs": [100.0] * 9})
+    )
     summary = build_budget_report([tmp_path / "e3", tmp_path / "e9"], tmp_path / "out")
+    assert summary["cost"] == [
+        {"budget": 3, "runs": 6, "training_hours": pytest.approx(6 * 30 / 3600), "untimed_runs": 0},
+        {"budget": 9, "runs": 12, "training_hours": pytest.approx((11 * 90 + 900) / 3600),
+         "untimed_runs": 0},
+    ]  # fmt: skip
     gaps = {(g["budget"], g["variant"]): g for g in summary["gaps"]}
     assert set(gaps) == {(3, "favor-ape"), (9, "favor-ape"), (9, "favor-rope")}
     assert gaps[3, "favor-ape"]["gap_to_softmax_same"] == pytest.approx(0.02)
@@ -484,6 +494,7 @@ def test_budget_report_groups_runs_by_epochs_and_pairs_gaps_by_seed(tmp_path):
     assert rows[9, "softmax-ape"]["test_accuracy_mean"] == pytest.approx(0.61)
     text = (tmp_path / "out" / "budgets.md").read_text()
     assert "| favor-ape | 53.00 ± 1.00 (3) | 58.00 ± 1.00 (3) |" in text
+    assert "| all | 18 | 0.6 | 0 |" in text  # (180 + 1890) s
     for name in ("accuracy_vs_budget", "gap_vs_budget"):
         assert (tmp_path / "out" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # one seed at several budgets is the design, not a duplicate; a seed twice in one budget is one

@@ -107,6 +107,43 @@ def late_drops(by_budget: dict[int, list[Run]]) -> list[dict[str, Any]]:
     return found
 
 
+def _training_seconds(run: Run) -> float | None:
+    """Seconds the run spent in its training epochs (its per-epoch record, else mean x epochs);
+    None if it recorded neither."""
+    m = run.metrics
+    if m.train_seconds_epochs:
+        return float(sum(m.train_seconds_epochs))
+    if m.train_seconds_per_epoch is not None and run.epochs is not None:
+        return m.train_seconds_per_epoch * run.epochs
+    return None
+
+
+def study_cost(by_budget: dict[int, list[Run]]) -> list[dict[str, Any]]:
+    """Per budget: runs, their training time summed in hours (single-threaded runs: core-hours
+    of training epochs, without validation and evaluation) and how many runs recorded none."""
+    rows = []
+    for budget, runs in by_budget.items():
+        seconds = [_training_seconds(run) for run in runs]
+        timed = [s for s in seconds if s is not None]
+        rows.append({"budget": budget, "runs": len(runs), "training_hours": sum(timed) / 3600,
+                     "untimed_runs": len(seconds) - len(timed)})  # fmt: skip
+    return rows
+
+
+def _cost_markdown(cost: list[dict[str, Any]]) -> str:
+    rows = [[str(c["budget"]), str(c["runs"]), f"{c['training_hours']:.1f}", str(c["untimed_runs"])]
+            for c in cost]  # fmt: skip
+    total = [sum(c[k] for c in cost) for k in ("runs", "training_hours", "untimed_runs")]
+    rows.append(["all", str(total[0]), f"{total[1]:.1f}", str(total[2])])
+    return "\n\n".join([
+        markdown_table(["epochs", "runs", "training hours (sum over runs)", "runs without time"],
+                       rows),
+        "Time in the training epochs as each run recorded it (validation, test evaluation and "
+        "start-up not included), summed over runs; a run uses the threads it was given (the "
+        "budget study: one), so with one thread the sum is in core-hours.",
+    ])  # fmt: skip
+
+
 def _interval(ci: Sequence[float] | None) -> str:
     return NA if ci is None else f"[{pp(ci[0])}, {pp(ci[1])}]"
 
@@ -131,10 +168,15 @@ def _endings_markdown(drops: list[dict], total: int) -> str:
 
 
 def budgets_markdown(
-    accuracy: list[dict], gaps: list[dict], plots: Sequence[Path], drops: list[dict], total: int
+    accuracy: list[dict],
+    gaps: list[dict],
+    plots: Sequence[Path],
+    drops: list[dict],
+    cost: list[dict],
 ) -> str:
-    """``budgets.md``: test accuracy per variant and budget, the Performer gaps, and the runs
-    that did not end near their best."""
+    """``budgets.md``: test accuracy per variant and budget, the Performer gaps, the runs
+    that did not end near their best, and the training time the runs took."""
+    total = sum(c["runs"] for c in cost)
     budgets = sorted({r["budget"] for r in accuracy})
     cells: dict[str, dict[int, str]] = {}
     tuned: dict[str, set[str]] = {}
@@ -169,6 +211,7 @@ def budgets_markdown(
         "0.05. Δ vs softmax-ape is outside the family: its interval is uncorrected.",
         "## Test accuracy", table, "## Performer gaps", gap_table,
         "## How the runs ended", _endings_markdown(drops, total),
+        "## Training time", _cost_markdown(cost),
         "## Plots", "\n\n".join(f"![{p.stem}]({p.name})" for p in plots),
     ]) + "\n"  # fmt: skip
 
@@ -245,14 +288,15 @@ def build_budget_report(
     by_budget = runs_by_budget(runs)
     accuracy, gaps = budget_tables(by_budget)
     drops = late_drops(by_budget)
-    total = sum(map(len, by_budget.values()))
+    cost = study_cost(by_budget)
     plots = [
         plot_accuracy_vs_budget(accuracy, out / "accuracy_vs_budget.png"),
         plot_gap_vs_budget(gaps, out / "gap_vs_budget.png"),
     ]
     with atomic_write(out / "budgets.md", "w") as f:
-        f.write(budgets_markdown(accuracy, gaps, plots, drops, total))
+        f.write(budgets_markdown(accuracy, gaps, plots, drops, cost))
     write_rows_atomic(out / "budgets.csv", gaps)
-    summary = {"accuracy": accuracy, "gaps": gaps, "late_drops": drops, "notes": notes}
+    summary = {"accuracy": accuracy, "gaps": gaps, "late_drops": drops, "cost": cost,
+               "notes": notes}  # fmt: skip
     write_json_atomic(out / "budgets.json", summary)
     return summary
