@@ -224,55 +224,83 @@ def _budget_axis(ax: Any, budgets: list[int]) -> None:
     ax.set_xlabel("training budget (epochs)")
 
 
+#: Neighbouring variants' points at one budget are drawn this factor apart (log axis), so their
+#: error bars do not hide each other; small against the factor 3 between budgets.
+DODGE = 1.025
+
+
+def _dodge(i: int, n: int) -> float:
+    return DODGE ** (i - (n - 1) / 2)
+
+
+def _kernel_panels(rows: list[dict], width: float = 5.0) -> tuple[Figure, list[tuple[str, Any]]]:
+    """One panel per kernel of ``rows`` (in their order), sharing the accuracy axis."""
+    kernels = list(dict.fromkeys(r["kernel"] for r in rows))
+    fig = Figure(figsize=(width * len(kernels), 5.5), layout="constrained")
+    axes = fig.subplots(1, len(kernels), sharey=True, squeeze=False)[0]
+    for ax, kernel in zip(axes, kernels, strict=True):
+        ax.set_title(kernel)
+        ax.grid(True, alpha=0.3)
+    return fig, list(zip(kernels, axes, strict=True))
+
+
 def plot_accuracy_vs_budget(accuracy: list[dict], path: Path) -> Path:
-    """Test accuracy (mean, error bars: std over seeds) against budget, one line per variant."""
-    fig = Figure(figsize=(9, 6), layout="constrained")
-    ax = fig.subplots()
+    """Test accuracy (mean, error bars: std over seeds) against budget, one panel per kernel and
+    one line per variant."""
     models = sorted({r["model"] for r in accuracy})
-    variants = list(dict.fromkeys(r["variant"] for r in accuracy))
-    for i, variant in enumerate(variants):
-        points = sorted((r["budget"], r) for r in accuracy if r["variant"] == variant)
-        model = points[0][1]["model"]
-        shift = 1.02 ** (i - (len(variants) - 1) / 2)  # side by side, not on top of each other
-        ax.errorbar(
-            [b * shift for b, _ in points], [100 * r["test_accuracy_mean"] for _, r in points],
-            yerr=[100 * (r["test_accuracy_std"] or 0) for _, r in points], capsize=3,
-            label=variant, **variant_style(model, models, plain=variant == model),
-        )  # fmt: skip
-    _budget_axis(ax, sorted({r["budget"] for r in accuracy}))
-    ax.set_ylabel("test accuracy (%)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    budgets = sorted({r["budget"] for r in accuracy})
+    fig, panels = _kernel_panels(accuracy)
+    for kernel, ax in panels:
+        variants = list(dict.fromkeys(r["variant"] for r in accuracy if r["kernel"] == kernel))
+        for i, variant in enumerate(variants):
+            points = sorted((r["budget"], r) for r in accuracy if r["variant"] == variant)
+            model = points[0][1]["model"]
+            ax.errorbar(
+                [b * _dodge(i, len(variants)) for b, _ in points],
+                [100 * r["test_accuracy_mean"] for _, r in points],
+                yerr=[100 * (r["test_accuracy_std"] or 0) for _, r in points], capsize=3,
+                label=variant, **variant_style(model, models, plain=variant == model),
+            )  # fmt: skip
+        _budget_axis(ax, budgets)
+        ax.legend(fontsize=7)
+    panels[0][1].set_ylabel("test accuracy (%), mean ± std over seeds")
     return save_png(fig, path)
 
 
+def _model(variant: str) -> str:
+    """The model of a variant label (``favor-ape qk_norm=True`` -> ``favor-ape``)."""
+    return variant.split(" ", 1)[0]
+
+
 def plot_gap_vs_budget(gaps: list[dict], path: Path) -> Path:
-    """Each Performer variant's gap to softmax with the same encoding against budget, error bars
-    its seed t interval; the zero line is "no gap"."""
-    fig = Figure(figsize=(9, 6), layout="constrained")
-    ax = fig.subplots()
-    models = sorted({g["variant"] for g in gaps})
-    for i, variant in enumerate(models):
-        points = sorted(
-            (g["budget"], g) for g in gaps
-            if g["variant"] == variant and g["gap_to_softmax_same"] is not None
-        )  # fmt: skip
-        if not points:
-            continue
-        mean = [100 * g["gap_to_softmax_same"] for _, g in points]
-        ci = [g["gap_to_softmax_same_ci"] for _, g in points]
-        errors = [
-            [m - 100 * c[0] if c else 0 for m, c in zip(mean, ci, strict=True)],
-            [100 * c[1] - m if c else 0 for m, c in zip(mean, ci, strict=True)],
-        ]
-        shift = 1.03 ** (i - (len(models) - 1) / 2)  # side by side, not on top of each other
-        ax.errorbar([b * shift for b, _ in points], mean, yerr=errors, capsize=3, label=variant,
-                    **variant_style(variant, models))  # fmt: skip
-    ax.axhline(0, color="black", linewidth=0.8)
-    _budget_axis(ax, sorted({g["budget"] for g in gaps}))
-    ax.set_ylabel("test accuracy − softmax with the same encoding (pp)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    """Each Performer variant's gap to softmax with the same encoding against budget, one panel
+    per kernel, error bars its seed t interval; the zero line is "no gap"."""
+    models = sorted({_model(g["variant"]) for g in gaps})
+    budgets = sorted({g["budget"] for g in gaps})
+    fig, panels = _kernel_panels(gaps)
+    for kernel, ax in panels:
+        variants = list(dict.fromkeys(g["variant"] for g in gaps if g["kernel"] == kernel))
+        for i, variant in enumerate(variants):
+            points = sorted(
+                (g["budget"], g) for g in gaps
+                if g["variant"] == variant and g["gap_to_softmax_same"] is not None
+            )  # fmt: skip
+            if not points:
+                continue
+            mean = [100 * g["gap_to_softmax_same"] for _, g in points]
+            ci = [g["gap_to_softmax_same_ci"] for _, g in points]
+            errors = [
+                [m - 100 * c[0] if c else 0 for m, c in zip(mean, ci, strict=True)],
+                [100 * c[1] - m if c else 0 for m, c in zip(mean, ci, strict=True)],
+            ]
+            model = _model(variant)
+            style = variant_style(model, models, plain=variant == model)
+            ax.errorbar([b * _dodge(i, len(variants)) for b, _ in points], mean, yerr=errors,
+                        capsize=3, label=variant, **style)  # fmt: skip
+        ax.axhline(0, color="black", linewidth=0.8)
+        _budget_axis(ax, budgets)
+        ax.legend(fontsize=7)
+    panels[0][1].set_ylabel("test accuracy − softmax with the same encoding (pp), 95% CI")
     return save_png(fig, path)
 
 
