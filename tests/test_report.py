@@ -495,6 +495,11 @@ def test_budget_report_groups_runs_by_epochs_and_pairs_gaps_by_seed(tmp_path):
     text = (tmp_path / "out" / "budgets.md").read_text()
     assert "| favor-ape | 53.00 ± 1.00 (3) | 58.00 ± 1.00 (3) |" in text
     assert "| all | 18 | 0.6 | 0 |" in text  # (180 + 1890) s
+    matrix = text.split("## The gap at 9 epochs")[1].split("## Test accuracy")[0]
+    assert "| kernel \\ encoding | ape | rope |" in matrix
+    assert "| softmax: test acc % | 61.00 ± 1.00 | 62.67 ± 0.58 |" in matrix
+    assert "| favor: Δ pp | -3.00 [-5.48, -0.52], p_Holm " in matrix  # t(2) = 4.303, sd 1 pp
+    assert "| -1.00 [-3.48, +1.48], p_Holm " in matrix
     for name in ("accuracy_vs_budget", "gap_vs_budget"):
         assert (tmp_path / "out" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # one seed at several budgets is the design, not a duplicate; a seed twice in one budget is one
