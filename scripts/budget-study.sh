@@ -3,7 +3,7 @@
 # tuning on the validation split, CIFAR-10 at 3 and 9 epochs (15 study variants + Luo's
 # normalised FAVOR+ rows, 3 seeds), the declared 27-epoch subset; then one report per budget and
 # the gap-by-budget report, all in docs/results/budget-study/. Two single-threaded workers.
-# ~16 hours of a 2-core machine in all: stop it at any time and run it again to continue, also
+# ~16-18 hours of a 2-core machine in all: stop it at any time and run it again to continue, also
 # on a fresh clone (finished runs' records in docs/results/budget-study/ count as done).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"

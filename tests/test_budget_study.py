@@ -137,13 +137,14 @@ def test_the_27_epoch_encodings_are_declared_once_from_the_9_epoch_validation(tm
     stage, long = study.next_grids()
     assert stage == "27 epochs"
     assert study.declared() == best
+    softmax = ("softmax-ape", "softmax-rpe", "softmax-string", "softmax-rope", "softmax-frpe")
     assert {g.name: g.models for g in long} == {
-        "e27/softmax": ("softmax-ape", "softmax-rope"),
+        "e27/softmax": softmax,  # the same-encoding reference of every Performer row
         "e27/favor": ("favor-ape", "favor-string"),
         "e27/relu": ("relu-ape", "relu-frpe"),
         "e27/favor-qknorm": ("favor-rpe",),
     }
-    assert [g.options for g in long[:3]] == [{}, {}, {"frpe_terms": 4}]
+    assert [g.options for g in long[:3]] == [{"frpe_terms": 1}, {}, {"frpe_terms": 4}]
     # new evidence after the declaration does not move it
     relu_rope = tmp_path / "e9" / "relu" / "relu-rope"
     for metrics in relu_rope.glob("seed*/metrics.json"):
@@ -153,6 +154,20 @@ def test_the_27_epoch_encodings_are_declared_once_from_the_9_epoch_validation(tm
     for grid in long:
         finish(tmp_path, grid, 0.8)
     assert study.next_grids() == ("done", [])
+
+
+def test_softmax_runs_at_27_epochs_with_the_encodings_the_performer_rows_use_only(tmp_path):
+    study = Study(tmp_path)
+    tune_all(study, tmp_path)
+    _, choices = study.tuning()
+    declaration = {"encodings": {"softmax": "string", "favor": "string", "relu": "rope"}}
+    study.declaration_file.write_text(json.dumps(declaration))
+    grids = {g.name: g for g in study.budget_grids(27, choices)}
+    # rope for relu-rope, rpe for Luo's favor-rpe; no softmax-frpe, so no frpe option
+    assert grids["e27/softmax"].models == ("softmax-ape", "softmax-rpe", "softmax-string",
+                                           "softmax-rope")  # fmt: skip
+    assert grids["e27/softmax"].options == {}
+    assert grids["e27/relu"].models == ("relu-ape", "relu-rope")
 
 
 def test_a_record_without_its_final_validation_accuracy_is_an_error_not_a_rerun(tmp_path):

@@ -14,7 +14,9 @@ split, in stages that one resumable command runs (``scripts/budget-study.sh``).
 3. **The 27-epoch choice**, declared before its grid starts (``declared-27.json``, never
    rewritten): per kernel, the relative encoding with the highest mean final validation
    accuracy at 9 epochs.
-4. **27 epochs**: per kernel APE and the declared encoding, plus Luo's favor-rpe.
+4. **27 epochs**: per kernel APE and the declared encoding, plus Luo's favor-rpe; softmax also
+   with every encoding a Performer row uses there (the declared ones and Luo's rpe), so each
+   Performer row has its same-encoding reference.
 
 Every grid keeps its finished runs' records (no checkpoints) under :data:`RECORDS`
 ``/<grid>/``; committed, they count as finished on any machine, so the study continues across
@@ -222,17 +224,24 @@ class Study:
 
     def budget_grids(self, epochs: int, choices: Mapping[str, Any]) -> list[Grid]:
         """The grids of one budget: per kernel its recipe (the 27-epoch budget: APE and the
-        declared encoding only), and Luo's normalised FAVOR+ rows."""
+        declared encoding; softmax also every encoding a Performer row uses there, its
+        same-encoding reference), and Luo's normalised FAVOR+ rows."""
         declared = self.declared() if epochs == 27 else None
+        luo_models = ("favor-rpe",) if epochs == 27 else ("favor-ape", "favor-rpe")
         grids = []
         for kernel, chosen in choices["kernels"].items():
             recipe = Recipe(chosen["lr"], chosen["warmup_epochs"])
-            positions = (*CORE_POSITIONS, "frpe") if declared is None else ("ape", declared[kernel])
+            if declared is None:
+                positions: tuple[str, ...] = (*CORE_POSITIONS, "frpe")
+            elif kernel == "softmax":
+                used = {*declared.values(), *(m.partition("-")[2] for m in luo_models)}
+                positions = ("ape", *(p for p in RELATIVE_POSITIONS if p in used))
+            else:
+                positions = ("ape", declared[kernel])
             models = tuple(f"{kernel}-{p}" for p in positions)
             options = {"frpe_terms": chosen["frpe_terms"]} if "frpe" in positions else {}
             grids.append(Grid(f"e{epochs}/{kernel}", models, SEEDS, epochs, recipe, options))
         favor = choices["kernels"]["favor"]
-        luo_models = ("favor-rpe",) if epochs == 27 else ("favor-ape", "favor-rpe")
         options = {"qk_norm": True, "qk_temperature": choices["luo_qk_temperature"]}
         recipe = Recipe(favor["lr"], favor["warmup_epochs"])
         grids.append(Grid(f"e{epochs}/favor-qknorm", luo_models, SEEDS, epochs, recipe, options))
