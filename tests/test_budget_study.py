@@ -136,6 +136,8 @@ def test_the_27_epoch_encodings_are_declared_once_from_the_9_epoch_validation(tm
         finish(tmp_path, grid, scores if grid.epochs == 9 else 0.5)
     stage, long = study.next_grids()
     assert stage == "27 epochs"
+    assert [study.progress(g) for g in grids if g.epochs == 9] == [(15, 15)] * 3 + [(6, 6)]
+    assert [study.progress(g) for g in long] == [(0, 15), (0, 6), (0, 6), (0, 3)]
     assert study.declared() == best
     softmax = ("softmax-ape", "softmax-rpe", "softmax-string", "softmax-rope", "softmax-frpe")
     assert {g.name: g.models for g in long} == {
@@ -151,6 +153,9 @@ def test_the_27_epoch_encodings_are_declared_once_from_the_9_epoch_validation(tm
         metrics.write_text(metrics.read_text().replace('"last_val_accuracy": 0.6', '"last_'
                            'val_accuracy": 0.95'))  # fmt: skip
     assert study.next_grids()[1] == long
+    finish(tmp_path, long[1], 0.8)
+    (tmp_path / "e27" / "favor" / "favor-ape" / "seed43" / "metrics.json").unlink()
+    assert study.progress(long[1]) == (5, 6) and not study.finished(long[1])
     for grid in long:
         finish(tmp_path, grid, 0.8)
     assert study.next_grids() == ("done", [])

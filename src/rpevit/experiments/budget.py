@@ -247,12 +247,16 @@ class Study:
         grids.append(Grid(f"e{epochs}/favor-qknorm", luo_models, SEEDS, epochs, recipe, options))
         return grids
 
+    def progress(self, grid: Grid) -> tuple[int, int]:
+        """How many runs of ``grid`` have their records, of how many."""
+        runs = plan_grid(grid.models, grid.seeds, (), grid.options)
+        done = sum(final_val(self.records, grid, run.model, run.seed) is not None for run in runs)
+        return done, len(runs)
+
     def finished(self, grid: Grid) -> bool:
         """Whether every run of ``grid`` has its records."""
-        return all(
-            final_val(self.records, grid, run.model, run.seed) is not None
-            for run in plan_grid(grid.models, grid.seeds, (), grid.options)
-        )
+        done, total = self.progress(grid)
+        return done == total
 
     @property
     def declaration_file(self) -> Path:
@@ -331,17 +335,22 @@ def run_study(base: TrainConfig, jobs: int, records: Path = RECORDS, runs: Path 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rpevit.experiments.budget")
     parser.add_argument("--jobs", type=int, default=2, help="parallel single-threaded workers")
-    parser.add_argument("--plan", action="store_true", help="print the next stage, run nothing")
+    parser.add_argument(
+        "--plan", action="store_true", help="print the next stage and its progress, run nothing"
+    )
     args = parser.parse_args(argv)
     base = TrainConfig.from_dict(
         dict(dataset="cifar10", preset="study", threads=1, progress_bar=False)
     )
     if args.plan:
-        stage, grids = Study().next_grids()
+        study = Study()
+        stage, grids = study.next_grids()
         print(f"next stage: {stage}")
         for grid in grids:
+            done, total = study.progress(grid)
             print(f"  {grid.name}: {', '.join(grid.models)} x seeds {list(grid.seeds)}, "
-                  f"{grid.epochs} epochs, {grid.recipe}, {dict(grid.options)}")  # fmt: skip
+                  f"{grid.epochs} epochs, {grid.recipe}, {dict(grid.options)}: "
+                  f"{done} of {total} runs recorded")  # fmt: skip
         return 0
     run_study(base, args.jobs)
     return 0
