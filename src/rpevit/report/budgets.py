@@ -13,7 +13,7 @@ seed interval.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +77,8 @@ def budget_tables(by_budget: dict[int, list[Run]]) -> tuple[list[dict], list[dic
                 _gap(runs, row["variant"], "softmax-ape"),
             )
             gaps.append({
-                "budget": budget, "variant": row["variant"], "kernel": row["kernel"],
-                "position": row["position"], "seeds": to_same["seeds"],
+                "budget": budget, "variant": row["variant"], "model": row["model"],
+                "kernel": row["kernel"], "position": row["position"], "seeds": to_same["seeds"],
                 "gap_to_softmax_same": to_same["mean"], "gap_to_softmax_same_ci": to_same["ci"],
                 "seed_p": record.get("seed_p"), "seed_p_holm": record.get("seed_p_holm"),
                 "equivalence_margin": record.get("equivalence_margin"),
@@ -277,64 +277,61 @@ def _kernel_panels(rows: list[dict], width: float = 5.0) -> tuple[Figure, list[t
     return fig, list(zip(kernels, axes, strict=True))
 
 
-def plot_accuracy_vs_budget(accuracy: list[dict], path: Path) -> Path:
-    """Test accuracy (mean, error bars: std over seeds) against budget, one panel per kernel and
-    one line per variant."""
-    models = sorted({r["model"] for r in accuracy})
-    budgets = sorted({r["budget"] for r in accuracy})
-    fig, panels = _kernel_panels(accuracy)
+def _plot_by_kernel(
+    rows: list[dict],
+    point: Callable[[dict], tuple[float, float, float] | None],
+    path: Path,
+    ylabel: str,
+    zero_line: bool = False,
+) -> Path:
+    """One panel per kernel, one line per variant against budget; ``point(row)`` gives the
+    value with its error below and above, or None where there is nothing to draw."""
+    models = sorted({r["model"] for r in rows})
+    budgets = sorted({r["budget"] for r in rows})
+    fig, panels = _kernel_panels(rows)
     for kernel, ax in panels:
-        variants = list(dict.fromkeys(r["variant"] for r in accuracy if r["kernel"] == kernel))
+        variants = list(dict.fromkeys(r["variant"] for r in rows if r["kernel"] == kernel))
         for i, variant in enumerate(variants):
-            points = sorted((r["budget"], r) for r in accuracy if r["variant"] == variant)
-            model = points[0][1]["model"]
-            ax.errorbar(
-                [b * _dodge(i, len(variants)) for b, _ in points],
-                [100 * r["test_accuracy_mean"] for _, r in points],
-                yerr=[100 * (r["test_accuracy_std"] or 0) for _, r in points], capsize=3,
-                label=variant, **variant_style(model, models, plain=variant == model),
-            )  # fmt: skip
+            mine = [r for r in rows if r["variant"] == variant]
+            found = sorted((r["budget"], p) for r in mine if (p := point(r)) is not None)
+            if not found:
+                continue
+            y, below, above = zip(*(p for _, p in found), strict=True)
+            model = mine[0]["model"]
+            ax.errorbar([b * _dodge(i, len(variants)) for b, _ in found], y,
+                        yerr=[below, above], capsize=3, label=variant,
+                        **variant_style(model, models, plain=variant == model))  # fmt: skip
+        if zero_line:
+            ax.axhline(0, color="black", linewidth=0.8)
         _budget_axis(ax, budgets)
         ax.legend(fontsize=7)
-    panels[0][1].set_ylabel("test accuracy (%), mean ± std over seeds")
+    panels[0][1].set_ylabel(ylabel)
     return save_png(fig, path)
 
 
-def _model(variant: str) -> str:
-    """The model of a variant label (``favor-ape qk_norm=True`` -> ``favor-ape``)."""
-    return variant.split(" ", 1)[0]
+def plot_accuracy_vs_budget(accuracy: list[dict], path: Path) -> Path:
+    """Test accuracy (mean, error bars: std over seeds) against budget, one panel per kernel and
+    one line per variant."""
+
+    def point(row: dict) -> tuple[float, float, float]:
+        std = 100 * (row["test_accuracy_std"] or 0)
+        return 100 * row["test_accuracy_mean"], std, std
+
+    return _plot_by_kernel(accuracy, point, path, "test accuracy (%), mean ± std over seeds")
 
 
 def plot_gap_vs_budget(gaps: list[dict], path: Path) -> Path:
     """Each Performer variant's gap to softmax with the same encoding against budget, one panel
     per kernel, error bars its seed t interval; the zero line is "no gap"."""
-    models = sorted({_model(g["variant"]) for g in gaps})
-    budgets = sorted({g["budget"] for g in gaps})
-    fig, panels = _kernel_panels(gaps)
-    for kernel, ax in panels:
-        variants = list(dict.fromkeys(g["variant"] for g in gaps if g["kernel"] == kernel))
-        for i, variant in enumerate(variants):
-            points = sorted(
-                (g["budget"], g) for g in gaps
-                if g["variant"] == variant and g["gap_to_softmax_same"] is not None
-            )  # fmt: skip
-            if not points:
-                continue
-            mean = [100 * g["gap_to_softmax_same"] for _, g in points]
-            ci = [g["gap_to_softmax_same_ci"] for _, g in points]
-            errors = [
-                [m - 100 * c[0] if c else 0 for m, c in zip(mean, ci, strict=True)],
-                [100 * c[1] - m if c else 0 for m, c in zip(mean, ci, strict=True)],
-            ]
-            model = _model(variant)
-            style = variant_style(model, models, plain=variant == model)
-            ax.errorbar([b * _dodge(i, len(variants)) for b, _ in points], mean, yerr=errors,
-                        capsize=3, label=variant, **style)  # fmt: skip
-        ax.axhline(0, color="black", linewidth=0.8)
-        _budget_axis(ax, budgets)
-        ax.legend(fontsize=7)
-    panels[0][1].set_ylabel("test accuracy − softmax with the same encoding (pp), 95% CI")
-    return save_png(fig, path)
+
+    def point(gap: dict) -> tuple[float, float, float] | None:
+        if gap["gap_to_softmax_same"] is None:
+            return None
+        mean, ci = 100 * gap["gap_to_softmax_same"], gap["gap_to_softmax_same_ci"]
+        return (mean, mean - 100 * ci[0], 100 * ci[1] - mean) if ci else (mean, 0.0, 0.0)
+
+    ylabel = "test accuracy − softmax with the same encoding (pp), 95% CI"
+    return _plot_by_kernel(gaps, point, path, ylabel, zero_line=True)
 
 
 def build_budget_report(
