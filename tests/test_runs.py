@@ -178,3 +178,34 @@ def test_a_copied_run_folder_reads_like_the_original(tmp_path):
     assert copy.read_metrics() == RunDir(FIXTURE).read_metrics()
     assert RunDir.of_checkpoint(copy.best) == copy
     assert RunDir.of_checkpoint(tmp_path / "best.ckpt") is None
+
+
+def test_records_copied_half_way_never_look_finished(tmp_path, monkeypatch):
+    """``copy_records`` writes the metrics file (what marks a run finished, for a grid resuming
+    from committed records) last: stopped after any number of files, the copy holds
+    ``metrics.json`` only when it holds every other record too."""
+    import rpevit.runs as runs
+
+    source = RunDir(FIXTURE)
+    expected = {"config.json", "test_predictions.npz", "logs/csv/version_0/metrics.csv",
+                "metrics.json"}  # fmt: skip
+    real = runs.atomic_write
+    for stop_after in range(len(expected) + 1):
+        written = 0
+
+        def interrupted(path, *args, **kwargs):
+            nonlocal written
+            if written == stop_after:
+                raise KeyboardInterrupt
+            written += 1
+            return real(path, *args, **kwargs)
+
+        monkeypatch.setattr(runs, "atomic_write", interrupted)
+        dest = tmp_path / f"copy{stop_after}"
+        try:
+            source.copy_records(dest)
+        except KeyboardInterrupt:
+            pass
+        copied = {p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()}
+        assert copied <= expected and len(copied) == min(stop_after, len(expected))
+        assert ("metrics.json" in copied) == (copied == expected), copied

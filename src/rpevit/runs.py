@@ -300,9 +300,12 @@ class RunDir:
     ) -> None:
         """Copy the run's records (config, metrics, evaluation, test predictions unless
         ``predictions`` is False, CSV logs, the ``extra`` files), not its checkpoints or
-        TensorBoard events, to the same places below ``dest``: what a repository keeps."""
-        names = [CONFIG, METRICS, EVALUATION, *([PREDICTIONS] if predictions else []), *extra]
+        TensorBoard events, to the same places below ``dest``: what a repository keeps. The
+        metrics file, which marks a run finished, comes last, so that a copy interrupted (or
+        committed) half-way never looks like a finished run's records."""
+        names = [CONFIG, EVALUATION, *([PREDICTIONS] if predictions else []), *extra]
         files = [self.path / n for n in names if (self.path / n).is_file()] + self.csv_logs()
+        files += [self.path / METRICS] if (self.path / METRICS).is_file() else []
         for source in files:
             target = Path(dest) / source.relative_to(self.path)
             target.parent.mkdir(parents=True, exist_ok=True)
