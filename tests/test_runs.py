@@ -193,7 +193,7 @@ def test_records_copied_half_way_never_look_finished(tmp_path, monkeypatch):
     for stop_after in range(len(expected) + 1):
         written = 0
 
-        def interrupted(path, *args, **kwargs):
+        def interrupted(path, *args, stop_after=stop_after, **kwargs):
             nonlocal written
             if written == stop_after:
                 raise KeyboardInterrupt
