@@ -387,6 +387,38 @@ def test_resume_mid_epoch_gives_identical_results(tmp_path):
     assert torch.equal(straight["model.blocks.0.attn.kernel.projection"], kernel._draw(3))
 
 
+class CrashAtEpochStart(L.Callback):
+    """Simulates a crash as epoch ``epoch`` starts, after the previous epoch's checkpoints."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, *args) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+def test_resume_after_an_epoch_that_did_not_improve_is_exact_and_quiet(tmp_path):
+    # An epoch whose validation accuracy is not a new best leaves the last.ckpt written at the
+    # end of its validation, before the training epoch ends. Resuming from it replays that
+    # epoch's end: best-model bookkeeping must already be in the checkpoint (no stale best, no
+    # "could not find the monitored key 'val/acc'" warning from a save without validation).
+    overrides = dict(epochs=3, lr=1e-9, warmup_epochs=0, max_train_samples=320, **TINY)
+    reference = train(tiny_run(tmp_path, run_name="straight", **overrides))
+    config = tiny_run(tmp_path, run_name="crashed", **overrides)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(config, callbacks=[CrashAtEpochStart(epoch=2)])
+    checkpoints = tmp_path / "crashed" / "checkpoints"
+    last, best = (load_checkpoint(checkpoints / n) for n in ("last.ckpt", "best.ckpt"))
+    assert (last["epoch"], best["epoch"]) == (1, 0), "epoch 1 must not be a new best here"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = train({**config, "resume": True})
+    assert not [w for w in caught if "monitored key" in str(w.message)]
+    for key in ("val_accuracy", "test_accuracy", "log_likelihood", "checkpoint_step"):
+        assert resumed[key] == reference[key], key
+
+
 def test_the_redraw_policy_is_recorded_for_favor_models_only(tmp_path):
     favor = resolve_config(tiny_run(tmp_path, model="favor-ape", **TINY))
     default = {"redraw_interval": DEFAULT_REDRAW_INTERVAL, "redraw_stop": DEFAULT_REDRAW_STOP}

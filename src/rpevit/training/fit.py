@@ -128,6 +128,9 @@ def build_trainer(
             save_weights_only=False,  # full training states: resume needs the optimizer
             auto_insert_metric_name=False,
             enable_version_counter=False,
+            # at validation end, before LastEveryEpoch: its last.ckpt then holds this epoch's
+            # best-model bookkeeping, and a resume that replays the epoch's end saves nothing
+            save_on_train_epoch_end=False,
         ),
         LastEveryEpoch(run.last),  # last.ckpt after every validation
     ]
