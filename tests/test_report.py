@@ -510,6 +510,26 @@ def test_budget_report_groups_runs_by_epochs_and_pairs_gaps_by_seed(tmp_path):
     assert again["notes"] == ["softmax-ape has 2 runs with seed 1 at 9 epochs; all are averaged"]
 
 
+def test_the_gap_matrix_shows_softmax_encodings_no_performer_ran_with():
+    # the 27-epoch grid runs softmax-string without a Performer partner, and a grid in progress
+    # may have softmax rows only: their accuracy is shown, the Performer cells stay empty
+    from rpevit.report.budgets import gap_matrix_markdown
+
+    def softmax(position: str, mean: float) -> dict:
+        model = f"softmax-{position}"
+        return dict(budget=27, kernel="softmax", position=position, variant=model, model=model,
+                    test_accuracy_mean=mean, test_accuracy_std=0.01)  # fmt: skip
+
+    accuracy = [softmax("ape", 0.74), softmax("string", 0.75)]
+    gap = dict(budget=27, variant="favor-ape", position="ape", gap_to_softmax_same=-0.02,
+               gap_to_softmax_same_ci=(-0.03, -0.01), seed_p_holm=0.5)  # fmt: skip
+    matrix = gap_matrix_markdown(accuracy, [gap], 27)
+    assert "| kernel \\ encoding | ape | string |" in matrix
+    assert "| softmax: test acc % | 74.00 ± 1.00 | 75.00 ± 1.00 |" in matrix
+    assert "| favor: Δ pp | -2.00 [-3.00, -1.00], p_Holm 0.50 |  |" in matrix
+    assert "| ape |" in gap_matrix_markdown(accuracy[:1], [], 27)  # softmax alone so far
+
+
 def test_tuned_options_and_normalised_favor_rows_in_the_budget_report(tmp_path):
     """Per-kernel tuned frpe terms (``tuned``) keep the frpe rows in the kernel comparison;
     Luo's normalised FAVOR+ rows are compared with plain softmax and are in the declared

@@ -149,14 +149,14 @@ def gap_matrix_markdown(accuracy: list[dict], gaps: list[dict], budget: int) -> 
     accuracy, then a row per Performer kernel (Luo's normalised FAVOR+ its own row) with Δ vs
     softmax with the same encoding in pp, its seed interval and its Holm p over the family."""
     mine = [g for g in gaps if g["budget"] == budget]
-    present = {g["position"] for g in mine}
-    positions = [p for p in ("ape", *RELATIVE_POSITIONS) if p in present]
-    positions += sorted(present - set(positions))
     softmax = {
         r["position"]: f"{pct(r['test_accuracy_mean'])} ± {pct(r['test_accuracy_std'] or 0)}"
         for r in accuracy
         if r["budget"] == budget and r["kernel"] == "softmax" and r["variant"] == r["model"]
     }
+    present = {g["position"] for g in mine} | set(softmax)
+    positions = [p for p in ("ape", *RELATIVE_POSITIONS) if p in present]
+    positions += sorted(present - set(positions))
     cells: dict[str, dict[str, str]] = {"softmax: test acc %": softmax}
     for g in mine:
         kernel = g["variant"].replace(f"-{g['position']}", "", 1)
