@@ -47,19 +47,21 @@ def test_choose_takes_the_best_candidate_ties_to_the_first_and_waits_for_all():
 
 def tune_all(study: Study, records: Path, best_lr=3e-3, best_warmup=1.0, best_terms=None,
              best_temperature=8.0) -> None:  # fmt: skip
-    """Records of every tuning run, the given candidates best (frpe R: per kernel)."""
+    """Records of every tuning run, the given candidates best (frpe R: per kernel), each 9
+    epochs of 60 s."""
     best_terms = best_terms or {"softmax": 1, "favor": 2, "relu": 4}
+    timed = {"train_seconds_epochs": [60.0] * 9}
     for kernel in CORE_KERNELS:
         for lr, grid in study.lr_grids(kernel):
-            finish(records, grid, 0.6 if lr == best_lr else 0.5)
+            finish(records, grid, 0.6 if lr == best_lr else 0.5, **timed)
         for warmup, grid in study.warmup_grids(kernel, best_lr):
             if not (records / grid.name).exists():
-                finish(records, grid, 0.7 if warmup == best_warmup else 0.55)
+                finish(records, grid, 0.7 if warmup == best_warmup else 0.55, **timed)
         recipe = Recipe(best_lr, best_warmup)
         for terms, grid in study.frpe_grids(kernel, recipe):
-            finish(records, grid, 0.6 if terms == best_terms[kernel] else 0.5)
+            finish(records, grid, 0.6 if terms == best_terms[kernel] else 0.5, **timed)
     for temperature, grid in study.luo_grids(Recipe(best_lr, best_warmup)):
-        finish(records, grid, 0.6 if temperature == best_temperature else 0.5)
+        finish(records, grid, 0.6 if temperature == best_temperature else 0.5, **timed)
 
 
 def test_tuning_runs_stage_by_stage_and_records_its_choices(tmp_path):
@@ -101,6 +103,8 @@ def test_tuning_runs_stage_by_stage_and_records_its_choices(tmp_path):
         "| favor (Luo: qk_norm) | initial temperature | 2: 50.00, 4: 50.00, **8: 60.00** |" in table
     )
     assert table.count("**") == 2 * (3 * 3 + 1)  # one choice per row, 10 rows
+    # 3 x (3 rates + 1 warm-up + 3 R) + 3 temperatures, each 540 s; the shared run once
+    assert "Training time of the 24 tuning runs: 3.60 hours" in table
 
 
 def test_the_budget_grids_use_each_kernels_choices_and_add_luos_rows(tmp_path):

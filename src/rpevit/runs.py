@@ -122,6 +122,15 @@ class Metrics:
         per_run = self.peak_memory_per_run or (self.device or "").startswith("cuda")
         return self.peak_memory_mb if per_run else None
 
+    def training_seconds(self, epochs: int | None) -> float | None:
+        """Seconds spent in the training epochs (the per-epoch record, else the mean x
+        ``epochs``); None if the run recorded neither."""
+        if self.train_seconds_epochs:
+            return float(sum(self.train_seconds_epochs))
+        if self.train_seconds_per_epoch is not None and epochs is not None:
+            return self.train_seconds_per_epoch * epochs
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         """The record as written to ``metrics.json`` (the inverse of :meth:`from_dict`)."""
         record = {}

@@ -29,7 +29,7 @@ import argparse
 import dataclasses
 import json
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,10 +191,13 @@ class Study:
                 for value, g in grids
             )  # fmt: skip
 
-        rows = []
+        rows, grids = [], {}
         for kernel, chosen in choices["kernels"].items():
             lr, warmup = chosen["lr"], chosen["warmup_epochs"]
             recipe = Recipe(lr, warmup)
+            for _, grid in (*self.lr_grids(kernel), *self.warmup_grids(kernel, lr),
+                            *self.frpe_grids(kernel, recipe)):  # fmt: skip
+                grids[grid.name] = grid
             rows += [
                 f"| {kernel} | learning rate (warm-up {WARMUPS[0]:g}) | "
                 f"{cells(self.lr_grids(kernel), lr)} |",
@@ -209,6 +212,8 @@ class Study:
             f"| favor (Luo: qk_norm) | initial temperature | "
             f"{cells(luo, choices['luo_qk_temperature'])} |"
         )
+        grids.update((grid.name, grid) for _, grid in luo)
+        runs, hours = self.training_hours(grids.values())
         return "\n".join([
             f"# Budget study: tuning ({TUNE_EPOCHS} epochs, seed {TUNE_SEED}, validation split)",
             "",
@@ -220,7 +225,22 @@ class Study:
             "| --- | --- | --- |",
             *rows,
             "",
+            f"Training time of the {runs} tuning runs: {hours:.2f} hours, the time in their "
+            "training epochs summed over runs (one thread each: core-hours).",
+            "",
         ])  # fmt: skip
+
+    def training_hours(self, grids: Iterable[Grid]) -> tuple[int, float]:
+        """The finished runs of ``grids`` and their training epochs' time summed, in hours."""
+        runs, seconds = 0, 0.0
+        for grid in grids:
+            for run in plan_grid(grid.models, grid.seeds, (), grid.options):
+                folder = RunDir(run_folder(self.records / grid.name, run))
+                metrics = folder.read_metrics(run.model, run.seed)
+                if metrics is not None:
+                    runs += 1
+                    seconds += metrics.training_seconds(grid.epochs) or 0.0
+        return runs, seconds / 3600
 
     def budget_grids(self, epochs: int, choices: Mapping[str, Any]) -> list[Grid]:
         """The grids of one budget: per kernel its recipe (the 27-epoch budget: APE and the

@@ -107,23 +107,12 @@ def late_drops(by_budget: dict[int, list[Run]]) -> list[dict[str, Any]]:
     return found
 
 
-def _training_seconds(run: Run) -> float | None:
-    """Seconds the run spent in its training epochs (its per-epoch record, else mean x epochs);
-    None if it recorded neither."""
-    m = run.metrics
-    if m.train_seconds_epochs:
-        return float(sum(m.train_seconds_epochs))
-    if m.train_seconds_per_epoch is not None and run.epochs is not None:
-        return m.train_seconds_per_epoch * run.epochs
-    return None
-
-
 def study_cost(by_budget: dict[int, list[Run]]) -> list[dict[str, Any]]:
     """Per budget: runs, their training time summed in hours (single-threaded runs: core-hours
     of training epochs, without validation and evaluation) and how many runs recorded none."""
     rows = []
     for budget, runs in by_budget.items():
-        seconds = [_training_seconds(run) for run in runs]
+        seconds = [run.metrics.training_seconds(run.epochs) for run in runs]
         timed = [s for s in seconds if s is not None]
         rows.append({"budget": budget, "runs": len(runs), "training_hours": sum(timed) / 3600,
                      "untimed_runs": len(seconds) - len(timed)})  # fmt: skip
