@@ -338,13 +338,18 @@ def test_a_run_that_ends_below_its_best_records_its_final_state(tmp_path):
 
 
 class Crash(L.Callback):
-    """Simulates a crash after ``step`` optimizer steps."""
+    """Simulates a crash after ``step`` optimizer steps, or as epoch ``epoch`` starts (after
+    the previous epoch's checkpoints)."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+    def __init__(self, step: int | None = None, epoch: int | None = None) -> None:
+        self.step, self.epoch = step, epoch
 
     def on_train_batch_end(self, trainer, *args) -> None:
         if trainer.global_step == self.step:
+            raise RuntimeError("simulated crash")
+
+    def on_train_epoch_start(self, trainer, *args) -> None:
+        if trainer.current_epoch == self.epoch:
             raise RuntimeError("simulated crash")
 
 
@@ -387,17 +392,6 @@ def test_resume_mid_epoch_gives_identical_results(tmp_path):
     assert torch.equal(straight["model.blocks.0.attn.kernel.projection"], kernel._draw(3))
 
 
-class CrashAtEpochStart(L.Callback):
-    """Simulates a crash as epoch ``epoch`` starts, after the previous epoch's checkpoints."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, *args) -> None:
-        if trainer.current_epoch == self.epoch:
-            raise RuntimeError("simulated crash")
-
-
 def test_resume_after_an_epoch_that_did_not_improve_is_exact_and_quiet(tmp_path):
     # An epoch whose validation accuracy is not a new best leaves the last.ckpt written at the
     # end of its validation, before the training epoch ends. Resuming from it replays that
@@ -407,7 +401,7 @@ def test_resume_after_an_epoch_that_did_not_improve_is_exact_and_quiet(tmp_path)
     reference = train(tiny_run(tmp_path, run_name="straight", **overrides))
     config = tiny_run(tmp_path, run_name="crashed", **overrides)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(config, callbacks=[CrashAtEpochStart(epoch=2)])
+        train(config, callbacks=[Crash(epoch=2)])
     checkpoints = tmp_path / "crashed" / "checkpoints"
     last, best = (load_checkpoint(checkpoints / n) for n in ("last.ckpt", "best.ckpt"))
     assert (last["epoch"], best["epoch"]) == (1, 0), "epoch 1 must not be a new best here"
