@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
@@ -90,9 +91,14 @@ class Grid:
         return GridSpec(config, self.models, self.seeds, runs / self.name, records / self.name)
 
 
+def _folder(records: Path, grid: Grid, model: str, seed: int) -> RunDir:
+    """The records folder of one run of ``grid``."""
+    return RunDir(run_folder(records / grid.name, plan_grid([model], [seed])[0]))
+
+
 def final_val(records: Path, grid: Grid, model: str, seed: int) -> float | None:
     """Final-epoch validation accuracy of a finished run of ``grid`` (None: not finished)."""
-    folder = RunDir(run_folder(records / grid.name, plan_grid([model], [seed])[0]))
+    folder = _folder(records, grid, model, seed)
     metrics = folder.read_metrics(model, seed)
     if metrics is not None and metrics.last_val_accuracy is None:
         raise ConfigError(
@@ -194,17 +200,13 @@ class Study:
         rows, grids = [], {}
         for kernel, chosen in choices["kernels"].items():
             lr, warmup = chosen["lr"], chosen["warmup_epochs"]
-            recipe = Recipe(lr, warmup)
-            for _, grid in (*self.lr_grids(kernel), *self.warmup_grids(kernel, lr),
-                            *self.frpe_grids(kernel, recipe)):  # fmt: skip
-                grids[grid.name] = grid
+            rates, warmups = self.lr_grids(kernel), self.warmup_grids(kernel, lr)
+            terms = self.frpe_grids(kernel, Recipe(lr, warmup))
+            grids |= {grid.name: grid for _, grid in (*rates, *warmups, *terms)}
             rows += [
-                f"| {kernel} | learning rate (warm-up {WARMUPS[0]:g}) | "
-                f"{cells(self.lr_grids(kernel), lr)} |",
-                f"| {kernel} | warm-up epochs (lr {lr:g}) | "
-                f"{cells(self.warmup_grids(kernel, lr), warmup)} |",
-                f"| {kernel} | frpe terms R | "
-                f"{cells(self.frpe_grids(kernel, recipe), chosen['frpe_terms'])} |",
+                f"| {kernel} | learning rate (warm-up {WARMUPS[0]:g}) | {cells(rates, lr)} |",
+                f"| {kernel} | warm-up epochs (lr {lr:g}) | {cells(warmups, warmup)} |",
+                f"| {kernel} | frpe terms R | {cells(terms, chosen['frpe_terms'])} |",
             ]
         favor = choices["kernels"]["favor"]
         luo = self.luo_grids(Recipe(favor["lr"], favor["warmup_epochs"]))
@@ -212,7 +214,7 @@ class Study:
             f"| favor (Luo: qk_norm) | initial temperature | "
             f"{cells(luo, choices['luo_qk_temperature'])} |"
         )
-        grids.update((grid.name, grid) for _, grid in luo)
+        grids |= {grid.name: grid for _, grid in luo}
         runs, hours = self.training_hours(grids.values())
         return "\n".join([
             f"# Budget study: tuning ({TUNE_EPOCHS} epochs, seed {TUNE_SEED}, validation split)",
@@ -234,9 +236,8 @@ class Study:
         """The finished runs of ``grids`` and their training epochs' time summed, in hours."""
         runs, seconds = 0, 0.0
         for grid in grids:
-            for run in plan_grid(grid.models, grid.seeds, (), grid.options):
-                folder = RunDir(run_folder(self.records / grid.name, run))
-                metrics = folder.read_metrics(run.model, run.seed)
+            for model, seed in itertools.product(grid.models, grid.seeds):
+                metrics = _folder(self.records, grid, model, seed).read_metrics(model, seed)
                 if metrics is not None:
                     runs += 1
                     seconds += metrics.training_seconds(grid.epochs) or 0.0
